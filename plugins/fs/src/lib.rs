@@ -1,0 +1,389 @@
+//! `fs`: a state backend that keeps each value in a file under a root
+//! directory.
+//!
+//! ```toml
+//! [workers]
+//! state_backend = "fs"
+//!
+//! [backends.fs]
+//! root = "state"               # relative to the config file
+//! inline_threshold_bytes = 0   # values whose JSON is shorter stay inline
+//! fsync = true                 # flush each value and its directory to disk
+//! ```
+//!
+//! The file of a value is `<root>/<layout path>` (see
+//! [`statehost_plugin_api::layout`]): deterministic per (scope, key), every
+//! component percent-encoded, so no key or scope reaches outside the root.
+//! The relative path is also the reference. Writes go to a temporary file in
+//! the same directory (named `.tmp-*`, which no value's name can be), are
+//! flushed, and are renamed over the old value, so a reader or a crash sees
+//! the old value or the new one, never a part.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use statehost_plugin_api::{
+    AssetScope, BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, Scope,
+    Serialized, StateBackend, StoredObject, TaskScope, export_backend, layout,
+};
+
+/// Options of `[backends.fs]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FsOptions {
+    root: PathBuf,
+    #[serde(default)]
+    inline_threshold_bytes: usize,
+    #[serde(default = "yes")]
+    fsync: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Prefix of temporary files; the layout never produces a name starting
+/// with `.`.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Values as files under a root directory.
+#[derive(Debug)]
+pub struct FsBackend {
+    root: PathBuf,
+    inline_threshold_bytes: usize,
+    fsync: bool,
+}
+
+/// How often a write or clear is retried when a concurrent clear or delete
+/// removes a directory under it.
+const RACE_RETRIES: usize = 5;
+
+impl FsBackend {
+    /// A backend rooted at `root` (created if missing) that stores every
+    /// value and flushes each write.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BackendError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| {
+            BackendError::new(
+                ErrorKind::Config,
+                format!(
+                    "[backends.fs] root {}: cannot create it ({e}); point root at a writable directory",
+                    root.display()
+                ),
+            )
+        })?;
+        Ok(FsBackend {
+            root,
+            inline_threshold_bytes: 0,
+            fsync: true,
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn write(&self, relative: String, value: &str) -> Result<Serialized, BackendError> {
+        if value.len() < self.inline_threshold_bytes {
+            return Ok(Serialized::Inline);
+        }
+        let path = self.root.join(&relative);
+        let dir = path.parent().expect("layout paths have a parent");
+        let mut attempt = 0;
+        loop {
+            match self.write_once(dir, &path, value.as_bytes()) {
+                Ok(()) => return Ok(Serialized::Reference(relative)),
+                // A concurrent clear or delete removed the directory between
+                // creating it and renaming into it: do it again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < RACE_RETRIES => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BackendError::from_io(
+                        format_args!("writing {}", path.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn write_once(&self, dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        fs::create_dir_all(dir)?;
+        let mut temp = tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .tempfile_in(dir)?;
+        temp.write_all(bytes)?;
+        if self.fsync {
+            temp.as_file().sync_all()?;
+        }
+        temp.persist(path).map_err(|e| e.error)?;
+        if self.fsync {
+            // Make the rename itself durable.
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, reference: &str, expect_task: bool) -> Result<String, BackendError> {
+        // The reference comes from the database: only a path the layout can
+        // have made is accepted, so it cannot lead outside the root.
+        let (scope, _) = layout::parse_object_path(reference).ok_or_else(|| {
+            BackendError::invalid_input(format!(
+                "{reference:?} is not a reference made by the fs backend"
+            ))
+        })?;
+        if matches!(scope, Scope::Task(_)) != expect_task {
+            return Err(BackendError::invalid_input(format!(
+                "{reference:?} belongs to {scope}, not to {} state",
+                if expect_task { "task" } else { "asset" }
+            )));
+        }
+        let path = self.root.join(reference);
+        fs::read_to_string(&path)
+            .map_err(|e| BackendError::from_io(format_args!("reading {}", path.display()), e))
+    }
+
+    /// Removes empty directories from `dir` up to (not including) the
+    /// layout's top-level directory. Best effort: a directory that is not
+    /// empty, or that another thread removed, ends the walk.
+    fn prune(&self, mut dir: &Path) {
+        while let Ok(relative) = dir.strip_prefix(&self.root) {
+            if relative.components().count() <= 1 || fs::remove_dir(dir).is_err() {
+                break;
+            }
+            match dir.parent() {
+                Some(parent) => dir = parent,
+                None => break,
+            }
+        }
+    }
+
+    fn walk(&self, dir: &Path, out: &mut Vec<StoredObject>) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let file_type = entry.file_type()?;
+            let path = entry.path();
+            if file_type.is_dir() {
+                self.walk(&path, out)?;
+            } else if file_type.is_file()
+                && !entry.file_name().to_string_lossy().starts_with('.')
+                && let Some(reference) = path
+                    .strip_prefix(&self.root)
+                    .ok()
+                    .and_then(|p| p.to_str())
+                && let Some((scope, key)) = layout::parse_object_path(reference)
+            {
+                out.push(StoredObject {
+                    scope,
+                    key,
+                    reference: reference.to_string(),
+                    modified: entry.metadata().and_then(|m| m.modified()).ok(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StateBackend for FsBackend {
+    fn serialize_task_state(
+        &self,
+        scope: &TaskScope,
+        key: &str,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        self.write(layout::task_object_path(scope, key), value)
+    }
+
+    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
+        self.read(reference, true)
+    }
+
+    fn serialize_asset_state(
+        &self,
+        scope: &AssetScope,
+        key: &str,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        self.write(layout::asset_object_path(scope, key), value)
+    }
+
+    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
+        self.read(reference, false)
+    }
+
+    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
+        let path = self.root.join(layout::object_path(scope, key));
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    self.prune(dir);
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::from_io(
+                format_args!("deleting {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
+        let dir = self.root.join(layout::clear_prefix(scope, all_map_indices));
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                // A concurrent write added a file while the tree was being
+                // removed: go again.
+                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < RACE_RETRIES => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BackendError::from_io(
+                        format_args!("clearing {}", dir.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        if let Some(parent) = dir.parent() {
+            self.prune(parent);
+        }
+        Ok(())
+    }
+
+    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
+        let dir = match scope {
+            Some(scope) => self.root.join(layout::scope_prefix(scope)),
+            None => self.root.clone(),
+        };
+        let mut out = Vec::new();
+        self.walk(&dir, &mut out)
+            .map_err(|e| BackendError::from_io(format_args!("listing {}", dir.display()), e))?;
+        // A task scope's directory also holds no other scope's files (map
+        // indices are siblings), so nothing needs filtering.
+        Ok(out)
+    }
+}
+
+impl BackendPlugin for FsBackend {
+    const NAME: &'static str = "fs";
+    const DESCRIPTION: &'static str =
+        "each value a file under a root directory, written atomically (temp file, fsync, rename)";
+    const CAPABILITIES: Capabilities = Capabilities::LIST;
+
+    fn new(options: &Options, host: &HostContext) -> Result<Self, BackendError> {
+        let options: FsOptions = options.parse(Self::NAME)?;
+        let mut backend = FsBackend::open(host.resolve_path(&options.root))?;
+        backend.inline_threshold_bytes = options.inline_threshold_bytes;
+        backend.fsync = options.fsync;
+        Ok(backend)
+    }
+}
+
+export_backend!(FsBackend);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn backend(dir: &Path, options: serde_json::Value) -> Result<FsBackend, BackendError> {
+        <FsBackend as BackendPlugin>::new(
+            &Options::new(options),
+            &HostContext::new().with_config_dir(dir),
+        )
+    }
+
+    #[test]
+    fn passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = backend(dir.path(), json!({"root": "state"})).unwrap();
+        statehost_plugin_api::conformance::run(&fs);
+        // Everything lands under the root, resolved against the config dir.
+        assert!(dir.path().join("state/task").is_dir());
+    }
+
+    #[test]
+    fn no_key_reaches_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = backend(dir.path(), json!({"root": "state", "fsync": false})).unwrap();
+        let scope = TaskScope::new("..", "../..", "/etc", -1).unwrap();
+        for key in ["../../../../escape", "/abs", "..", "."] {
+            fs.serialize_task_state(&scope, key, "1").unwrap();
+        }
+        let outside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(outside, vec![std::ffi::OsString::from("state")]);
+    }
+
+    #[test]
+    fn tampered_references_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("secret"), "\"s\"").unwrap();
+        let fs = backend(dir.path(), json!({"root": "state"})).unwrap();
+        for reference in ["../secret", "/etc/passwd", "task/../../secret", ""] {
+            let err = fs.deserialize_task_state(reference).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{reference}: {err}");
+        }
+    }
+
+    #[test]
+    fn values_below_the_threshold_stay_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = backend(
+            dir.path(),
+            json!({"root": dir.path(), "inline_threshold_bytes": 10}),
+        )
+        .unwrap();
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        assert_eq!(
+            fs.serialize_task_state(&scope, "k", "\"short\"").unwrap(),
+            Serialized::Inline
+        );
+        assert!(!dir.path().join("task").exists());
+        assert!(matches!(
+            fs.serialize_task_state(&scope, "k", "\"long enough\"").unwrap(),
+            Serialized::Reference(_)
+        ));
+    }
+
+    #[test]
+    fn bad_options_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = backend(dir.path(), json!({"root": "x", "rooot": "y"})).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("rooot"), "{err}");
+        let err = backend(dir.path(), json!({})).unwrap_err();
+        assert!(err.message().contains("root"), "{err}");
+        let err = backend(dir.path(), json!({"root": "x", "fsync": "yes"})).unwrap_err();
+        assert!(err.message().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn delete_and_clear_leave_no_empty_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = backend(dir.path(), json!({"root": "s", "fsync": false})).unwrap();
+        let scope = TaskScope::new("d", "r", "t", 0).unwrap();
+        fs.serialize_task_state(&scope, "a", "1").unwrap();
+        fs.delete(&Scope::Task(scope.clone()), "a").unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("s/task")).unwrap().count(), 0);
+        fs.serialize_task_state(&scope, "a", "1").unwrap();
+        fs.clear(&Scope::Task(scope), true).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("s/task")).unwrap().count(), 0);
+    }
+}

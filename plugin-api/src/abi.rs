@@ -139,8 +139,7 @@ pub trait AbiBackend: Send + Sync {
 
     fn delete_task_state(&self, scope: AbiTaskScope<'_>, key: RStr<'_>) -> RResult<(), AbiError>;
 
-    fn delete_asset_state(&self, scope: AbiAssetScope<'_>, key: RStr<'_>)
-    -> RResult<(), AbiError>;
+    fn delete_asset_state(&self, scope: AbiAssetScope<'_>, key: RStr<'_>) -> RResult<(), AbiError>;
 
     fn clear_task_state(
         &self,
@@ -202,7 +201,10 @@ impl RootModule for PluginModuleRef {
 pub const ROOT_MODULE_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 
 const _: () = assert!(
-    const_str_eq(abi_stable::library::ROOT_MODULE_LOADER_NAME, ROOT_MODULE_SYMBOL),
+    const_str_eq(
+        abi_stable::library::ROOT_MODULE_LOADER_NAME,
+        ROOT_MODULE_SYMBOL
+    ),
     "abi_stable changed the name of its root module symbol; update ROOT_MODULE_SYMBOL and export_backend!"
 );
 
@@ -330,17 +332,17 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs `f`, turning a panic into a [`ErrorKind::Panicked`] error: unwinding
 /// across the boundary would abort the host.
-fn guarded<T>(
-    what: &str,
-    f: impl FnOnce() -> Result<T, BackendError>,
-) -> RResult<T, AbiError> {
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> RResult<T, AbiError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => RResult::ROk(v),
         Ok(Err(e)) => RResult::RErr(e.into()),
         Err(payload) => RResult::RErr(
             BackendError::new(
                 ErrorKind::Panicked,
-                format!("the plugin panicked in {what}: {}", panic_message(&*payload)),
+                format!(
+                    "the plugin panicked in {what}: {}",
+                    panic_message(&*payload)
+                ),
             )
             .into(),
         ),
@@ -408,13 +410,10 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         })
     }
 
-    fn delete_asset_state(
-        &self,
-        scope: AbiAssetScope<'_>,
-        key: RStr<'_>,
-    ) -> RResult<(), AbiError> {
+    fn delete_asset_state(&self, scope: AbiAssetScope<'_>, key: RStr<'_>) -> RResult<(), AbiError> {
         guarded("delete", || {
-            self.0.delete(&Scope::Asset(scope.to_scope()?), key.as_str())
+            self.0
+                .delete(&Scope::Asset(scope.to_scope()?), key.as_str())
         })
     }
 

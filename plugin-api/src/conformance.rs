@@ -71,7 +71,10 @@ fn get(backend: &dyn StateBackend, reference: &str) -> Value {
 fn assert_gone(backend: &dyn StateBackend, reference: &str, why: &str) {
     match backend.deserialize_task_state(reference) {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => panic!("{why}: reading {reference:?} should say not found, said {e} ({})", e.kind()),
+        Err(e) => panic!(
+            "{why}: reading {reference:?} should say not found, said {e} ({})",
+            e.kind()
+        ),
         Ok(v) => panic!("{why}: {reference:?} still reads back {v}"),
     }
 }
@@ -126,7 +129,10 @@ pub fn round_trips_hostile_keys(backend: &dyn StateBackend) {
     for key in keys {
         let value = json!({ "key": key });
         if let Some(r) = set(backend, &scope, key, &value) {
-            assert!(references.insert(r.clone()), "key {key:?} reuses reference {r:?}");
+            assert!(
+                references.insert(r.clone()),
+                "key {key:?} reuses reference {r:?}"
+            );
             assert_eq!(get(backend, &r), value, "round trip of key {key:?}");
         }
     }
@@ -162,7 +168,11 @@ pub fn overwrites_in_place(backend: &dyn StateBackend) {
     let second = set(backend, &scope, "k", &json!({"v": 2}));
     if let (Some(a), Some(b)) = (first, second) {
         assert_eq!(a, b, "rewriting a key must keep its reference");
-        assert_eq!(get(backend, &b), json!({"v": 2}), "rewrite must replace the value");
+        assert_eq!(
+            get(backend, &b),
+            json!({"v": 2}),
+            "rewrite must replace the value"
+        );
     }
 }
 
@@ -172,7 +182,10 @@ pub fn references_are_deterministic(backend: &dyn StateBackend) {
     let value = json!("x".repeat(4096));
     let a = set(backend, &scope, "det", &value);
     let b = set(backend, &scope, "det", &value);
-    assert_eq!(a, b, "same value and key twice must give the same reference");
+    assert_eq!(
+        a, b,
+        "same value and key twice must give the same reference"
+    );
 }
 
 /// Two tasks, two map indices and two assets never see each other's values.
@@ -188,7 +201,12 @@ pub fn isolates_scopes(backend: &dyn StateBackend) {
     }
     for (i, r) in refs.iter().enumerate() {
         if let Some(r) = r {
-            assert_eq!(get(backend, r), json!(i), "{} sees another scope's value", scopes[i]);
+            assert_eq!(
+                get(backend, r),
+                json!(i),
+                "{} sees another scope's value",
+                scopes[i]
+            );
         }
     }
     let a1 = AssetScope::by_name(unique("a1")).unwrap();
@@ -221,7 +239,11 @@ pub fn delete_is_idempotent(backend: &dyn StateBackend) {
         assert_gone(backend, &r, "after delete");
     }
     if let Some(r) = keep {
-        assert_eq!(get(backend, &r), json!("kept"), "delete removed another key");
+        assert_eq!(
+            get(backend, &r),
+            json!("kept"),
+            "delete removed another key"
+        );
     }
 }
 
@@ -230,8 +252,13 @@ pub fn delete_is_idempotent(backend: &dyn StateBackend) {
 pub fn clear_respects_map_indices(backend: &dyn StateBackend) {
     let m0 = task(0);
     let m1 = m0.with_map_index(1).unwrap();
-    let other =
-        TaskScope::new(m0.dag_id(), m0.run_id(), format!("{}-other", m0.task_id()), 0).unwrap();
+    let other = TaskScope::new(
+        m0.dag_id(),
+        m0.run_id(),
+        format!("{}-other", m0.task_id()),
+        0,
+    )
+    .unwrap();
     let r0 = set(backend, &m0, "a/b", &json!(0));
     let r1 = set(backend, &m1, "a/b", &json!(1));
     let ro = set(backend, &other, "a/b", &json!("other"));
@@ -243,7 +270,11 @@ pub fn clear_respects_map_indices(backend: &dyn StateBackend) {
         assert_gone(backend, r, "after clear of map index 0");
     }
     if let Some(r) = &r1 {
-        assert_eq!(get(backend, r), json!(1), "clear of map index 0 removed map index 1");
+        assert_eq!(
+            get(backend, r),
+            json!(1),
+            "clear of map index 0 removed map index 1"
+        );
     }
 
     backend
@@ -253,7 +284,11 @@ pub fn clear_respects_map_indices(backend: &dyn StateBackend) {
         assert_gone(backend, r, "after clear with all_map_indices");
     }
     if let Some(r) = &ro {
-        assert_eq!(get(backend, r), json!("other"), "clear removed another task's value");
+        assert_eq!(
+            get(backend, r),
+            json!("other"),
+            "clear removed another task's value"
+        );
     }
     backend
         .clear(&Scope::Task(m0), true)
@@ -319,17 +354,24 @@ pub fn lists_what_it_holds(backend: &dyn StateBackend) {
             let mut got: Vec<(String, String)> = objects
                 .into_iter()
                 .map(|o| {
-                    assert_eq!(o.scope, as_scope, "list returned an object of another scope");
+                    assert_eq!(
+                        o.scope, as_scope,
+                        "list returned an object of another scope"
+                    );
                     (o.key, o.reference)
                 })
                 .collect();
             got.sort();
             expected.sort();
             assert_eq!(got, expected, "list of {scope}");
-            let everything = backend.list(None).unwrap_or_else(|e| panic!("list all: {e}"));
+            let everything = backend
+                .list(None)
+                .unwrap_or_else(|e| panic!("list all: {e}"));
             for (key, _) in &expected {
                 assert!(
-                    everything.iter().any(|o| o.scope == as_scope && &o.key == key),
+                    everything
+                        .iter()
+                        .any(|o| o.scope == as_scope && &o.key == key),
                     "listing everything misses {key:?} of {scope}"
                 );
             }

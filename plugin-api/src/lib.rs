@@ -151,7 +151,7 @@
 //!
 //! # Testing a backend
 //!
-//! With the `conformance` feature, [`conformance::run`] checks a backend
+//! With the `conformance` feature, `conformance::run` checks a backend
 //! against the whole contract (every JSON kind, large values, hostile keys,
 //! isolation between scopes, delete, clear, deterministic references, use
 //! from many threads):
@@ -349,8 +349,8 @@ pub trait BackendPlugin: StateBackend + Sized + 'static {
 pub mod __private {
     pub use crate::abi::*;
     pub use abi_stable::library::{
-        CheckTypeLayout, LibHeader, LibraryError, RootModule, RootModuleResult,
-        __call_root_module_loader as call_root_module_loader, lib_header_from_path,
+        __call_root_module_loader as call_root_module_loader, CheckTypeLayout, LibHeader,
+        LibraryError, RootModule, RootModuleResult, lib_header_from_path,
     };
     pub use abi_stable::std_types::{RStr, RString};
 }

@@ -1,0 +1,171 @@
+//! Helpers for statehost's cross-crate integration tests.
+//!
+//! The tests never trust whatever happens to sit in `target/`: the first
+//! test that needs a plugin or the CLI runs one nested `cargo build
+//! --message-format=json` for the plugins, the fixtures and the `statehost`
+//! binary, and takes the artifact paths cargo reports.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The packages the tests load as plugins, and the binary they drive.
+const PACKAGES: &[&str] = &[
+    "statehost",
+    "statehost-memory",
+    "statehost-fs",
+    "statehost-fixture-faulty",
+    "statehost-fixture-abi-mismatch",
+    "statehost-fixture-not-a-plugin",
+];
+
+/// What the nested build produced.
+#[derive(Debug)]
+pub struct Artifacts {
+    /// Shared library per library target name (`statehost_fs`,
+    /// `fixture_faulty`, ...).
+    pub libraries: HashMap<String, PathBuf>,
+    /// The `statehost` executable.
+    pub statehost: PathBuf,
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the plugins, fixtures and CLI once per test binary.
+pub fn artifacts() -> &'static Artifacts {
+    static BUILT: OnceLock<Artifacts> = OnceLock::new();
+    BUILT.get_or_init(build)
+}
+
+fn build() -> Artifacts {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace_root())
+        .args(["build", "--message-format=json-render-diagnostics"]);
+    for package in PACKAGES {
+        command.args(["-p", package]);
+    }
+    let output = command.output().expect("cannot run cargo");
+    assert!(
+        output.status.success(),
+        "building the plugins failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut libraries = HashMap::new();
+    let mut statehost = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let target = message["target"]["name"].as_str().unwrap_or_default();
+        if let Some(exe) = message["executable"].as_str()
+            && target == "statehost"
+        {
+            statehost = Some(PathBuf::from(exe));
+        }
+        for file in message["filenames"].as_array().into_iter().flatten() {
+            let file = file.as_str().unwrap_or_default();
+            if file.ends_with(".so") {
+                libraries.insert(target.to_string(), PathBuf::from(file));
+            }
+        }
+    }
+    Artifacts {
+        libraries,
+        statehost: statehost.expect("cargo reported no statehost executable"),
+    }
+}
+
+/// The built shared library of a library target (`statehost_fs`).
+pub fn library(target: &str) -> &'static Path {
+    artifacts()
+        .libraries
+        .get(target)
+        .unwrap_or_else(|| panic!("no library built for {target}: {:?}", artifacts().libraries))
+}
+
+/// A temporary directory holding a plugin directory (`plugins/`) with the
+/// given `(package, plugin name)` libraries installed as
+/// `libstatehost_<name>.so`, and room for a config and state.
+#[derive(Debug)]
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A sandbox with these plugins installed.
+    pub fn with_plugins(plugins: &[(&str, &str)]) -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sandbox = Sandbox { dir };
+        std::fs::create_dir(sandbox.plugins_dir()).expect("plugins dir");
+        for (target, name) in plugins {
+            sandbox.install(library(target), name);
+        }
+        sandbox
+    }
+
+    /// Copies `library` into the plugin directory as `libstatehost_<name>.so`.
+    pub fn install(&self, library: &Path, name: &str) -> PathBuf {
+        let target = self.plugins_dir().join(format!("libstatehost_{name}.so"));
+        std::fs::copy(library, &target).expect("copy plugin");
+        target
+    }
+
+    /// The sandbox root.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plugin directory.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// Writes `statehost.toml` with `[core] plugins_dir` pointing at the
+    /// sandbox's plugins, followed by `rest`; returns its path.
+    pub fn config(&self, rest: &str) -> PathBuf {
+        let path = self.dir.path().join("statehost.toml");
+        std::fs::write(
+            &path,
+            format!("[core]\nplugins_dir = \"plugins\"\n\n{rest}"),
+        )
+        .expect("write config");
+        path
+    }
+
+    /// Runs the `statehost` CLI with this sandbox's config and a clean
+    /// environment (no `STATEHOST_*` or `RUST_LOG` from the caller).
+    pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(&artifacts().statehost);
+        command.current_dir(self.path());
+        for (name, _) in std::env::vars() {
+            if name.starts_with("STATEHOST") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command
+            .arg("--config")
+            .arg(self.path().join("statehost.toml"));
+        command.args(args).envs(env.iter().copied());
+        command.output().expect("run statehost")
+    }
+}
+
+/// stdout and stderr of a run, as text.
+pub fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -176,10 +176,7 @@ impl FsBackend {
                 self.walk(&path, out)?;
             } else if file_type.is_file()
                 && !entry.file_name().to_string_lossy().starts_with('.')
-                && let Some(reference) = path
-                    .strip_prefix(&self.root)
-                    .ok()
-                    .and_then(|p| p.to_str())
+                && let Some(reference) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str())
                 && let Some((scope, key)) = layout::parse_object_path(reference)
             {
                 out.push(StoredObject {
@@ -247,7 +244,9 @@ impl StateBackend for FsBackend {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                 // A concurrent write added a file while the tree was being
                 // removed: go again.
-                Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < RACE_RETRIES => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < RACE_RETRIES =>
+                {
                     attempt += 1;
                 }
                 Err(e) => {
@@ -357,7 +356,8 @@ mod tests {
         );
         assert!(!dir.path().join("task").exists());
         assert!(matches!(
-            fs.serialize_task_state(&scope, "k", "\"long enough\"").unwrap(),
+            fs.serialize_task_state(&scope, "k", "\"long enough\"")
+                .unwrap(),
             Serialized::Reference(_)
         ));
     }

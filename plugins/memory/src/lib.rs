@@ -17,8 +17,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    AssetScope, BackendError, BackendPlugin, Capabilities, HostContext, Options, Scope,
-    Serialized, StateBackend, StoredObject, TaskScope, export_backend, layout,
+    AssetScope, BackendError, BackendPlugin, Capabilities, HostContext, Options, Scope, Serialized,
+    StateBackend, StoredObject, TaskScope, export_backend, layout,
 };
 
 /// Options of `[backends.memory]`.

@@ -1,0 +1,376 @@
+//! Configuration: a TOML file, then `STATEHOST__SECTION__KEY` environment
+//! overrides, then validation.
+//!
+//! Parsing happens in two stages: the raw file is deserialized with unknown
+//! keys rejected (so a typo is an error naming the key and line, not a
+//! silently ignored setting), then resolved into a [`Config`] with paths made
+//! absolute and defaults filled in.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "STATEHOST__";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    core: RawCore,
+    #[serde(default)]
+    workers: RawWorkers,
+    #[serde(default)]
+    backends: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCore {
+    plugins_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkers {
+    state_backend: Option<String>,
+    /// Airflow 3.3's spelling of `state_backend`.
+    state_store_backend: Option<String>,
+}
+
+/// The type a known key takes, for reading environment overrides.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Text,
+}
+
+/// Every `[section] key` the host knows (besides `[backends.<name>]`).
+const KEYS: &[(&str, &str, Kind)] = &[
+    ("core", "plugins_dir", Kind::Text),
+    ("workers", "state_backend", Kind::Text),
+    ("workers", "state_store_backend", Kind::Text),
+];
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
+    /// The directory relative paths are relative to: the config file's, or
+    /// the working directory.
+    pub base_dir: PathBuf,
+    /// Where bare plugin names are looked up.
+    pub plugins_dir: PathBuf,
+    /// `[workers] state_backend`; `None` when empty or absent (no backend:
+    /// values stay inline in the metadata store).
+    pub state_backend: Option<String>,
+    /// Every `[backends.<name>]` table, as JSON.
+    pub backends: BTreeMap<String, serde_json::Value>,
+}
+
+impl Config {
+    /// Reads `path` and applies the process environment's overrides.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            source_name: path.display().to_string(),
+            message: format!(
+                "cannot read the config file ({e}); pass --config PATH or set STATEHOST_CONFIG"
+            ),
+        })?;
+        let base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
+        Config::parse(&text, Some(path), base_dir, std::env::vars())
+    }
+
+    /// The configuration of a process without a config file: defaults plus
+    /// the environment's overrides, relative paths against the working
+    /// directory.
+    pub fn from_env() -> Result<Config> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Config::parse("", None, cwd, std::env::vars())
+    }
+
+    /// Parses TOML text, applies the given `(name, value)` environment
+    /// overrides and validates the result. `file` only names the source in
+    /// errors; `base_dir` anchors relative paths.
+    pub fn parse(
+        text: &str,
+        file: Option<&Path>,
+        base_dir: PathBuf,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
+        let source_name = file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "config".to_string());
+        // First pass on the text itself, so errors carry line numbers.
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| toml_error(&source_name, text, &e))?;
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+            .collect();
+        let raw = if overrides.is_empty() {
+            raw
+        } else {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| toml_error(&source_name, text, &e))?;
+            for (name, value) in &overrides {
+                apply_override(&mut table, name, value)?;
+            }
+            let names: Vec<&str> = overrides.iter().map(|(n, _)| n.as_str()).collect();
+            RawConfig::deserialize(table).map_err(|e| Error::Config {
+                source_name: format!("environment ({})", names.join(", ")),
+                message: e.message().to_string(),
+            })?
+        };
+        resolve(raw, file, base_dir, &source_name)
+    }
+
+    /// The options table of backend `name`, as JSON (`null` if absent).
+    pub fn backend_options(&self, name: &str) -> serde_json::Value {
+        self.backends
+            .get(name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn resolve(
+    raw: RawConfig,
+    file: Option<&Path>,
+    base_dir: PathBuf,
+    source_name: &str,
+) -> Result<Config> {
+    let state_backend = match (raw.workers.state_backend, raw.workers.state_store_backend) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::Config {
+                source_name: source_name.to_string(),
+                message: format!(
+                    "[workers] state_backend = {a:?} and state_store_backend = {b:?} disagree; they are two spellings of one setting, keep one"
+                ),
+            });
+        }
+        (a, b) => a.or(b).filter(|s| !s.trim().is_empty()),
+    };
+    let plugins_dir = match raw.core.plugins_dir {
+        Some(dir) => base_dir.join(dir),
+        None => default_plugins_dir(),
+    };
+    let backends = raw
+        .backends
+        .into_iter()
+        .map(|(name, table)| {
+            let json = serde_json::to_value(&table).unwrap_or(serde_json::Value::Null);
+            (name, json)
+        })
+        .collect();
+    Ok(Config {
+        file: file.map(Path::to_path_buf),
+        base_dir,
+        plugins_dir,
+        state_backend,
+        backends,
+    })
+}
+
+/// The directory holding the running executable: `cargo build --release
+/// --workspace` puts the shipped plugins beside `statehost`.
+pub fn default_plugins_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()> {
+    let bad = |message: String| Error::Config {
+        source_name: name.to_string(),
+        message,
+    };
+    let rest = &name[ENV_PREFIX.len()..];
+    let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    match parts.as_slice() {
+        [backends, backend, key] if backends == "backends" => {
+            // Backend options are the plugin's to check: take TOML syntax
+            // when the value has it (numbers, booleans), text otherwise.
+            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let section = table
+                .entry("backends")
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            let Some(section) = section.as_table_mut() else {
+                return Err(bad("[backends] is not a table in the config file".into()));
+            };
+            let entry = section
+                .entry(backend.as_str())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match entry.as_table_mut() {
+                Some(t) => {
+                    t.insert(key.clone(), parsed);
+                }
+                None => return Err(bad(format!("[backends.{backend}] is not a table"))),
+            }
+            Ok(())
+        }
+        [section, key] => {
+            let Some((_, _, kind)) = KEYS
+                .iter()
+                .find(|(s, k, _)| *s == section.as_str() && *k == key.as_str())
+            else {
+                let known: Vec<String> = KEYS
+                    .iter()
+                    .map(|(s, k, _)| {
+                        format!("{ENV_PREFIX}{}__{}", s.to_uppercase(), k.to_uppercase())
+                    })
+                    .collect();
+                return Err(bad(format!(
+                    "names no setting [{section}] {key}; known: {}, {ENV_PREFIX}BACKENDS__<NAME>__<KEY>",
+                    known.join(", ")
+                )));
+            };
+            let parsed = match kind {
+                Kind::Text => toml::Value::String(value.to_string()),
+            };
+            let section_table = table
+                .entry(section.as_str())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            match section_table.as_table_mut() {
+                Some(t) => {
+                    t.insert(key.clone(), parsed);
+                }
+                None => return Err(bad(format!("[{section}] is not a table"))),
+            }
+            Ok(())
+        }
+        _ => Err(bad(format!(
+            "not of the form {ENV_PREFIX}<SECTION>__<KEY> or {ENV_PREFIX}BACKENDS__<NAME>__<KEY>"
+        ))),
+    }
+}
+
+/// One line from a TOML error: file, line, the offending line's text, and
+/// what is wrong.
+fn toml_error(source_name: &str, text: &str, err: &toml::de::Error) -> Error {
+    let message = err.message().trim().replace('\n', " ");
+    let source_name = match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+            return Error::Config {
+                source_name: format!("{source_name}:{line}"),
+                message: format!("{message} (in `{line_text}`)"),
+            };
+        }
+        None => source_name.to_string(),
+    };
+    Error::Config {
+        source_name,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config> {
+        Config::parse(
+            text,
+            Some(Path::new("/etc/statehost/statehost.toml")),
+            PathBuf::from("/etc/statehost"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn reads_sections_and_resolves_relative_paths() {
+        let config = parse(
+            "[core]\nplugins_dir = \"plugins\"\n[workers]\nstate_backend = \"fs\"\n[backends.fs]\nroot = \"state\"\nfsync = false\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.plugins_dir, PathBuf::from("/etc/statehost/plugins"));
+        assert_eq!(config.state_backend.as_deref(), Some("fs"));
+        assert_eq!(
+            config.backend_options("fs"),
+            serde_json::json!({"root": "state", "fsync": false})
+        );
+        assert_eq!(config.backend_options("memory"), serde_json::Value::Null);
+    }
+
+    #[test]
+    fn airflow_spelling_is_accepted_and_conflicts_are_errors() {
+        let config = parse("[workers]\nstate_store_backend = \"memory\"\n", &[]).unwrap();
+        assert_eq!(config.state_backend.as_deref(), Some("memory"));
+        let err = parse(
+            "[workers]\nstate_backend = \"fs\"\nstate_store_backend = \"memory\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_key_and_line() {
+        let err = parse("[workers]\n\nstate_bakend = \"fs\"\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("statehost.toml:3"), "{msg}");
+        assert!(msg.contains("state_bakend"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        let err = parse("[core]\nplugins_dir = 3\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(":2") && msg.contains("plugins_dir"), "{msg}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = parse(
+            "[workers]\nstate_backend = \"fs\"\n[backends.fs]\nroot = \"a\"\n",
+            &[
+                ("STATEHOST__WORKERS__STATE_BACKEND", "memory"),
+                ("STATEHOST__BACKENDS__FS__ROOT", "/b"),
+                ("STATEHOST__BACKENDS__FS__INLINE_THRESHOLD_BYTES", "12"),
+                ("STATEHOST__CORE__PLUGINS_DIR", "/opt/plugins"),
+                ("STATEHOST_CONFIG", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.state_backend.as_deref(), Some("memory"));
+        assert_eq!(config.plugins_dir, PathBuf::from("/opt/plugins"));
+        assert_eq!(
+            config.backend_options("fs"),
+            serde_json::json!({"root": "/b", "inline_threshold_bytes": 12})
+        );
+    }
+
+    #[test]
+    fn an_empty_backend_from_the_environment_means_none() {
+        let config = parse(
+            "[workers]\nstate_backend = \"fs\"\n",
+            &[("STATEHOST__WORKERS__STATE_BACKEND", "")],
+        )
+        .unwrap();
+        assert_eq!(config.state_backend, None);
+    }
+
+    #[test]
+    fn unknown_environment_keys_are_errors() {
+        let err = parse("", &[("STATEHOST__WORKERS__STATE_BAKEND", "fs")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("STATEHOST__WORKERS__STATE_BAKEND:"),
+            "{msg}"
+        );
+        assert!(msg.contains("STATEHOST__WORKERS__STATE_BACKEND"), "{msg}");
+    }
+}

@@ -1,0 +1,154 @@
+//! The host's error type.
+
+use std::path::PathBuf;
+
+use statehost_plugin_api::BackendError;
+
+/// Everything that can go wrong in the host. Each message is one line that
+/// names what failed and what to do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is wrong.
+    #[error("{source_name}: {message}")]
+    Config {
+        /// The file (with line) or environment variable at fault.
+        source_name: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// `state_backend` is neither a plugin name nor a path.
+    #[error(
+        "[workers] state_backend = {value:?} is not a plugin name: use lowercase letters, digits and _ (like \"fs\"), or a path containing /"
+    )]
+    InvalidBackendName {
+        /// The configured value.
+        value: String,
+    },
+
+    /// A named plugin has no library in the plugin directory.
+    #[error("no plugin `{name}`: {} does not exist; {}", path.display(), available_hint(available))]
+    PluginNotFound {
+        /// The plugin name.
+        name: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// Names of the plugins that are there.
+        available: Vec<String>,
+    },
+
+    /// A plugin path that does not exist or cannot be read.
+    #[error("plugin {}: {message}", path.display())]
+    PluginUnreadable {
+        /// The library path.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+
+    /// The file is not a shared library.
+    #[error("plugin {}: not a shared library ({reason}); point state_backend at a libstatehost_<name>.so built as a cdylib", path.display())]
+    NotSharedLibrary {
+        /// The library path.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+
+    /// A shared library without a statehost root module.
+    #[error("plugin {}: a shared library but not a statehost plugin (it exports no statehost root module); build it with statehost_plugin_api::export_backend!", path.display())]
+    NotAPlugin {
+        /// The library path.
+        path: PathBuf,
+    },
+
+    /// A plugin built against an incompatible plugin-api.
+    #[error("plugin {}: built against statehost-plugin-api {built_with}, {problem}; this host expects statehost-plugin-api {expected}: rebuild the plugin against it", path.display())]
+    IncompatiblePlugin {
+        /// The library path.
+        path: PathBuf,
+        /// The plugin-api version the plugin reports.
+        built_with: String,
+        /// The version this host was built with.
+        expected: String,
+        /// Version or layout.
+        problem: String,
+    },
+
+    /// The plugin failed while initialising its module or metadata.
+    #[error("plugin {}: {message}", path.display())]
+    PluginBroken {
+        /// The library path.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
+    /// The backend's constructor failed or panicked.
+    #[error("backend `{plugin}` could not start: {error}{}", construct_hint(error))]
+    Construct {
+        /// The plugin name.
+        plugin: String,
+        /// What the plugin said.
+        error: BackendError,
+    },
+
+    /// Another backend is already loaded in this process.
+    #[error(
+        "backend {loaded} is already loaded in this process and libraries are never unloaded; restart the process to use {requested}"
+    )]
+    OtherBackendLoaded {
+        /// What is loaded.
+        loaded: String,
+        /// What was asked for.
+        requested: String,
+    },
+
+    /// No backend is configured where one is needed.
+    #[error(
+        "no state backend is configured: set [workers] state_backend in the config (or STATEHOST__WORKERS__STATE_BACKEND)"
+    )]
+    NoBackend,
+
+    /// A file-system operation of the host failed.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+fn available_hint(available: &[String]) -> String {
+    if available.is_empty() {
+        "the plugin directory holds no plugins; build them with `cargo build --release --workspace` or set [core] plugins_dir".to_string()
+    } else {
+        format!("available: {}", available.join(", "))
+    }
+}
+
+fn construct_hint(error: &BackendError) -> &'static str {
+    match error.kind() {
+        statehost_plugin_api::ErrorKind::Config => " (fix the backend's section in the config)",
+        _ => "",
+    }
+}
+
+impl Error {
+    /// Whether the error is the user's input (config, names): exit code 2
+    /// rather than 3 in the CLI.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Error::Config { .. } | Error::InvalidBackendName { .. } | Error::NoBackend => true,
+            Error::Construct { error, .. } => {
+                error.kind() == statehost_plugin_api::ErrorKind::Config
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The host's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -58,15 +58,24 @@ fn calls(name: &str, backend: &dyn StateBackend) -> (f64, f64) {
     let scope = TaskScope::new("bench_dag", "run", "task", -1).unwrap();
     let value = serde_json::Value::String("x".repeat(1022)).to_string();
     assert_eq!(value.len(), 1024);
-    let Serialized::Reference(reference) = backend.serialize_task_state(&scope, "k", &value).unwrap()
+    let Serialized::Reference(reference) =
+        backend.serialize_task_state(&scope, "k", &value).unwrap()
     else {
         panic!("{name} kept the value inline")
     };
     let set = per_call(15, 100_000, || {
-        black_box(backend.serialize_task_state(&scope, "k", black_box(&value)).unwrap());
+        black_box(
+            backend
+                .serialize_task_state(&scope, "k", black_box(&value))
+                .unwrap(),
+        );
     });
     let get = per_call(15, 100_000, || {
-        black_box(backend.deserialize_task_state(black_box(&reference)).unwrap());
+        black_box(
+            backend
+                .deserialize_task_state(black_box(&reference))
+                .unwrap(),
+        );
     });
     (set, get)
 }
@@ -92,15 +101,26 @@ fn main() {
                     .args(["--cold", path.to_str().unwrap(), options])
                     .output()
                     .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap()
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap()
             })
             .collect();
         println!("  {name:<8} median {:>8.1} µs", median(samples));
     }
 
-    let loaded = LoadedBackend::load(&dir.join("libstatehost_memory.so"), &serde_json::Value::Null, None)
-        .unwrap();
+    let loaded = LoadedBackend::load(
+        &dir.join("libstatehost_memory.so"),
+        &serde_json::Value::Null,
+        None,
+    )
+    .unwrap();
     let local = <statehost_memory::MemoryBackend as BackendPlugin>::new(
         &Options::default(),
         &HostContext::new(),
@@ -109,6 +129,12 @@ fn main() {
     let (so_set, so_get) = calls("loaded", &loaded);
     let (in_set, in_get) = calls("in-process", &local);
     println!("memory backend, 1 KiB value, µs per call (median of 15 x 100k):");
-    println!("  serialize   .so {so_set:.3}   in-process {in_set:.3}   ratio {:.2}", so_set / in_set);
-    println!("  deserialize .so {so_get:.3}   in-process {in_get:.3}   ratio {:.2}", so_get / in_get);
+    println!(
+        "  serialize   .so {so_set:.3}   in-process {in_set:.3}   ratio {:.2}",
+        so_set / in_set
+    );
+    println!(
+        "  deserialize .so {so_get:.3}   in-process {in_get:.3}   ratio {:.2}",
+        so_get / in_get
+    );
 }

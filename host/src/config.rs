@@ -24,7 +24,26 @@ struct RawConfig {
     #[serde(default)]
     workers: RawWorkers,
     #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    state_store: RawStateStore,
+    #[serde(default)]
     backends: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStateStore {
+    default_retention_days: Option<u32>,
+    max_value_bytes: Option<u64>,
+    clear_on_success: Option<bool>,
+    orphan_grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -45,6 +64,8 @@ struct RawWorkers {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Text,
+    Integer,
+    Boolean,
 }
 
 /// Every `[section] key` the host knows (besides `[backends.<name>]`).
@@ -52,7 +73,15 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("core", "plugins_dir", Kind::Text),
     ("workers", "state_backend", Kind::Text),
     ("workers", "state_store_backend", Kind::Text),
+    ("database", "url", Kind::Text),
+    ("state_store", "default_retention_days", Kind::Integer),
+    ("state_store", "max_value_bytes", Kind::Integer),
+    ("state_store", "clear_on_success", Kind::Boolean),
+    ("state_store", "orphan_grace_seconds", Kind::Integer),
 ];
+
+/// The default metadata database: a SQLite file next to the config.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://statehost.db";
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +98,36 @@ pub struct Config {
     pub state_backend: Option<String>,
     /// Every `[backends.<name>]` table, as JSON.
     pub backends: BTreeMap<String, serde_json::Value>,
+    /// `[database] url`: `sqlite://<path>` (relative to the config file),
+    /// `sqlite::memory:`.
+    pub database_url: String,
+    /// `[state_store]` settings.
+    pub state_store: StateStoreSettings,
+}
+
+/// `[state_store]`: how values are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateStoreSettings {
+    /// Days task state is kept after its last write; 0 = forever.
+    pub default_retention_days: u32,
+    /// Largest inline value (UTF-8 bytes of its JSON); 0 = no limit.
+    pub max_value_bytes: u64,
+    /// Clear a task's state when it succeeds.
+    pub clear_on_success: bool,
+    /// gc leaves objects without a row alone until they are this old, so a
+    /// set in flight (object written, row not yet) is not collected.
+    pub orphan_grace_seconds: u64,
+}
+
+impl Default for StateStoreSettings {
+    fn default() -> Self {
+        StateStoreSettings {
+            default_retention_days: 30,
+            max_value_bytes: 65535,
+            clear_on_success: false,
+            orphan_grace_seconds: 3600,
+        }
+    }
 }
 
 impl Config {
@@ -171,12 +230,28 @@ fn resolve(
             (name, json)
         })
         .collect();
+    let defaults = StateStoreSettings::default();
+    let store = raw.state_store;
     Ok(Config {
         file: file.map(Path::to_path_buf),
         base_dir,
         plugins_dir,
         state_backend,
         backends,
+        database_url: raw
+            .database
+            .url
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+        state_store: StateStoreSettings {
+            default_retention_days: store
+                .default_retention_days
+                .unwrap_or(defaults.default_retention_days),
+            max_value_bytes: store.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+            clear_on_success: store.clear_on_success.unwrap_or(defaults.clear_on_success),
+            orphan_grace_seconds: store
+                .orphan_grace_seconds
+                .unwrap_or(defaults.orphan_grace_seconds),
+        },
     })
 }
 
@@ -239,6 +314,20 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
             };
             let parsed = match kind {
                 Kind::Text => toml::Value::String(value.to_string()),
+                Kind::Integer => toml::Value::Integer(value.trim().parse().map_err(|_| {
+                    bad(format!(
+                        "[{section}] {key} takes a whole number, not {value:?}"
+                    ))
+                })?),
+                Kind::Boolean => toml::Value::Boolean(match value.trim() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(bad(format!(
+                            "[{section}] {key} takes true or false, not {value:?}"
+                        )));
+                    }
+                }),
             };
             let section_table = table
                 .entry(section.as_str())
@@ -361,6 +450,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.state_backend, None);
+    }
+
+    #[test]
+    fn state_store_settings_have_defaults_and_overrides() {
+        let config = parse("", &[]).unwrap();
+        assert_eq!(config.state_store, StateStoreSettings::default());
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        let config = parse(
+            "[state_store]\nmax_value_bytes = 10\n[database]\nurl = \"sqlite::memory:\"\n",
+            &[
+                ("STATEHOST__STATE_STORE__DEFAULT_RETENTION_DAYS", "0"),
+                ("STATEHOST__STATE_STORE__CLEAR_ON_SUCCESS", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.state_store.max_value_bytes, 10);
+        assert_eq!(config.state_store.default_retention_days, 0);
+        assert!(config.state_store.clear_on_success);
+        assert_eq!(config.database_url, "sqlite::memory:");
+        let err = parse("", &[("STATEHOST__STATE_STORE__MAX_VALUE_BYTES", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("whole number"), "{err}");
     }
 
     #[test]

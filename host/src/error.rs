@@ -111,6 +111,46 @@ pub enum Error {
     )]
     NoBackend,
 
+    /// A key, value or scope the caller passed is not acceptable.
+    #[error("{message}")]
+    InvalidInput {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// The metadata store failed.
+    #[error("metadata store: {message}")]
+    Store {
+        /// What failed.
+        message: String,
+    },
+
+    /// The backend failed an operation.
+    #[error("backend `{plugin}` failed to {operation} {scope} key {key:?}: {error}")]
+    Backend {
+        /// The backend's name.
+        plugin: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The scope.
+        scope: String,
+        /// The key (empty for scope-wide operations).
+        key: String,
+        /// What the backend said.
+        error: BackendError,
+    },
+
+    /// A stored row cannot be read back as a value.
+    #[error("corrupt state for {scope} key {key:?}: {message}")]
+    Corrupt {
+        /// The scope.
+        scope: String,
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A file-system operation of the host failed.
     #[error("{}: {message}", path.display())]
     Io {
@@ -141,7 +181,10 @@ impl Error {
     /// rather than 3 in the CLI.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            Error::Config { .. } | Error::InvalidBackendName { .. } | Error::NoBackend => true,
+            Error::Config { .. }
+            | Error::InvalidBackendName { .. }
+            | Error::NoBackend
+            | Error::InvalidInput { .. } => true,
             Error::Construct { error, .. } => {
                 error.kind() == statehost_plugin_api::ErrorKind::Config
             }

@@ -14,8 +14,12 @@
 //! ```
 
 pub mod config;
+pub mod envelope;
 mod error;
 pub mod plugin;
+pub mod state;
+pub mod store;
 
 pub use error::{Error, Result};
+pub use state::{AssetState, AssetStates, GcReport, Retention, StateHost, TaskState};
 pub use statehost_plugin_api as api;

@@ -129,8 +129,8 @@ impl StateHost {
     /// The states of a task's assets, keyed by asset.
     pub fn assets(&self, assets: Vec<AssetScope>) -> Result<AssetStates> {
         let states = assets
-            .iter()
-            .map(|a| self.asset_state(a))
+            .into_iter()
+            .map(|a| self.asset_state(&a).map(|state| (a, state)))
             .collect::<Result<Vec<_>>>()?;
         Ok(AssetStates { states })
     }
@@ -603,7 +603,8 @@ impl AssetState {
 /// The states of a task's assets.
 #[derive(Debug, Clone)]
 pub struct AssetStates {
-    states: Vec<AssetState>,
+    /// Each asset as the task named it, with its state.
+    states: Vec<(AssetScope, AssetState)>,
 }
 
 impl AssetStates {
@@ -612,10 +613,14 @@ impl AssetStates {
     pub fn get(&self, asset: &AssetScope) -> Result<&AssetState> {
         self.states
             .iter()
-            .find(|s| {
-                asset.name().is_some_and(|n| s.scope.name() == Some(n))
-                    || asset.uri().is_some_and(|u| s.scope.uri() == Some(u))
+            .find(|(named, state)| {
+                let matches = |scope: &AssetScope| {
+                    asset.name().is_some_and(|n| scope.name() == Some(n))
+                        || asset.uri().is_some_and(|u| scope.uri() == Some(u))
+                };
+                matches(named) || matches(&state.scope)
             })
+            .map(|(_, state)| state)
             .ok_or_else(|| Error::InvalidInput {
                 message: format!("{asset} is not one of this task's assets"),
             })
@@ -624,14 +629,14 @@ impl AssetStates {
     /// The state of the task's only asset.
     pub fn single(&self) -> Result<&AssetState> {
         match self.states.as_slice() {
-            [only] => Ok(only),
+            [(_, only)] => Ok(only),
             states => Err(Error::InvalidInput {
                 message: format!(
                     "this task has {} assets ({}), so the single-asset shorthand is ambiguous; pick one by name or uri",
                     states.len(),
                     states
                         .iter()
-                        .map(|s| s.scope.to_string())
+                        .map(|(asset, _)| asset.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -641,6 +646,6 @@ impl AssetStates {
 
     /// Every asset's state.
     pub fn iter(&self) -> impl Iterator<Item = &AssetState> {
-        self.states.iter()
+        self.states.iter().map(|(_, state)| state)
     }
 }

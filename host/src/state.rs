@@ -33,6 +33,9 @@ pub enum Retention {
     Never,
 }
 
+/// A backend with its name, as held by the host.
+type NamedBackend<'a> = (&'a str, &'a Arc<dyn StateBackend>);
+
 struct Inner {
     backend: Option<(String, Arc<dyn StateBackend>)>,
     store: Box<dyn MetadataStore>,
@@ -281,6 +284,37 @@ impl StateHost {
         Ok(())
     }
 
+    /// Hands a rendered value to the backend (if any) and returns the text
+    /// for the row, plus the backend that now holds an object (for undo).
+    fn serialize(
+        &self,
+        scope: &str,
+        key: &str,
+        text: String,
+        write: impl FnOnce(&dyn StateBackend, &str) -> std::result::Result<Serialized, BackendError>,
+    ) -> Result<(String, Option<NamedBackend<'_>>)> {
+        let Some((name, backend)) = &self.inner.backend else {
+            self.check_inline_size(&text, scope, key)?;
+            return Ok((text, None));
+        };
+        match write(backend.as_ref(), &text)
+            .map_err(|e| backend_error(name, "write", scope, key, e))?
+        {
+            Serialized::Inline => {
+                self.check_inline_size(&text, scope, key)?;
+                Ok((text, None))
+            }
+            Serialized::Reference(r) if r.is_empty() => Err(backend_error(
+                name,
+                "write",
+                scope,
+                key,
+                BackendError::invalid_input("it returned an empty reference"),
+            )),
+            Serialized::Reference(r) => Ok((envelope::wrap(&r), Some((name.as_str(), backend)))),
+        }
+    }
+
     fn read_stored(
         &self,
         scope: &str,
@@ -396,31 +430,9 @@ impl TaskState {
                 days => Some(now + i64::from(days) * 86_400_000),
             },
         };
-        let (stored, written) = match &host.backend {
-            None => {
-                self.host.check_inline_size(&text, &scope_name, key)?;
-                (text, None)
-            }
-            Some((name, backend)) => match backend
-                .serialize_task_state(&self.scope, key, &text)
-                .map_err(|e| backend_error(name, "write", &scope_name, key, e))?
-            {
-                Serialized::Inline => {
-                    self.host.check_inline_size(&text, &scope_name, key)?;
-                    (text, None)
-                }
-                Serialized::Reference(r) if r.is_empty() => {
-                    return Err(backend_error(
-                        name,
-                        "write",
-                        &scope_name,
-                        key,
-                        BackendError::invalid_input("it returned an empty reference"),
-                    ));
-                }
-                Serialized::Reference(r) => (envelope::wrap(&r), Some((name, backend))),
-            },
-        };
+        let (stored, written) = self.host.serialize(&scope_name, key, text, |b, text| {
+            b.serialize_task_state(&self.scope, key, text)
+        })?;
         if let Err(e) = host
             .store
             .put_task(&self.scope, key, &stored, now, expires_at)
@@ -533,31 +545,9 @@ impl AssetState {
         let text = self.host.render(value)?;
         let host = &self.host.inner;
         let scope_name = self.scope.to_string();
-        let (stored, written) = match &host.backend {
-            None => {
-                self.host.check_inline_size(&text, &scope_name, key)?;
-                (text, None)
-            }
-            Some((name, backend)) => match backend
-                .serialize_asset_state(&self.scope, key, &text)
-                .map_err(|e| backend_error(name, "write", &scope_name, key, e))?
-            {
-                Serialized::Inline => {
-                    self.host.check_inline_size(&text, &scope_name, key)?;
-                    (text, None)
-                }
-                Serialized::Reference(r) if r.is_empty() => {
-                    return Err(backend_error(
-                        name,
-                        "write",
-                        &scope_name,
-                        key,
-                        BackendError::invalid_input("it returned an empty reference"),
-                    ));
-                }
-                Serialized::Reference(r) => (envelope::wrap(&r), Some((name, backend))),
-            },
-        };
+        let (stored, written) = self.host.serialize(&scope_name, key, text, |b, text| {
+            b.serialize_asset_state(&self.scope, key, text)
+        })?;
         if let Err(e) = host.store.put_asset(&self.scope, key, &stored, now_ms()) {
             if let Some((name, backend)) = written {
                 undo_write(

@@ -29,10 +29,17 @@ pub const MAX_SEGMENT_BYTES: usize = 240;
 const ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_');
 
 fn push_component(out: &mut String, text: &str) {
-    let encoded = utf8_percent_encode(text, ENCODE).to_string();
     if !out.is_empty() {
         out.push('/');
     }
+    // Encode straight into `out`: this runs on every call of every backend.
+    let start = out.len();
+    out.extend(utf8_percent_encode(text, ENCODE));
+    if out.len() - start <= MAX_SEGMENT_BYTES {
+        return;
+    }
+    // Rare: cut a long component into segments, all but the last marked `+`.
+    let encoded = out.split_off(start);
     let mut rest = encoded.as_str();
     while rest.len() > MAX_SEGMENT_BYTES {
         // The encoding is ASCII, so any byte index is a char boundary.
@@ -44,18 +51,30 @@ fn push_component(out: &mut String, text: &str) {
     out.push_str(rest);
 }
 
+/// A string with room for a path built from `parts` (encoding may grow it).
+fn path_buffer(parts: &[&str]) -> String {
+    String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 24)
+}
+
 /// The path of the directory (prefix) that holds every key of one task
 /// instance, without a trailing `/`.
 pub fn task_prefix(scope: &TaskScope) -> String {
     let mut out = task_all_maps_prefix(scope);
-    push_component(&mut out, &scope.map_index().to_string());
+    push_map_index(&mut out, scope.map_index());
     out
+}
+
+fn push_map_index(out: &mut String, map_index: i64) {
+    use std::fmt::Write;
+    // Digits and `-` need no encoding.
+    let _ = write!(out, "/{map_index}");
 }
 
 /// The prefix that holds every map index of a task (what `clear` with
 /// `all_map_indices` removes), without a trailing `/`.
 pub fn task_all_maps_prefix(scope: &TaskScope) -> String {
-    let mut out = String::from("task");
+    let mut out = path_buffer(&[scope.dag_id(), scope.run_id(), scope.task_id()]);
+    out.push_str("task");
     push_component(&mut out, scope.dag_id());
     push_component(&mut out, scope.run_id());
     push_component(&mut out, scope.task_id());
@@ -97,14 +116,20 @@ pub fn clear_prefix(scope: &Scope, all_map_indices: bool) -> String {
 
 /// The path of one value.
 pub fn object_path(scope: &Scope, key: &str) -> String {
-    let mut out = scope_prefix(scope);
-    push_component(&mut out, key);
-    out
+    match scope {
+        Scope::Task(t) => task_object_path(t, key),
+        Scope::Asset(a) => asset_object_path(a, key),
+    }
 }
 
 /// The path of one task-state value.
 pub fn task_object_path(scope: &TaskScope, key: &str) -> String {
-    let mut out = task_prefix(scope);
+    let mut out = path_buffer(&[scope.dag_id(), scope.run_id(), scope.task_id(), key]);
+    out.push_str("task");
+    push_component(&mut out, scope.dag_id());
+    push_component(&mut out, scope.run_id());
+    push_component(&mut out, scope.task_id());
+    push_map_index(&mut out, scope.map_index());
     push_component(&mut out, key);
     out
 }

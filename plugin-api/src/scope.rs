@@ -41,53 +41,70 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), BackendError> {
 /// The scope of task state: one task instance, stable across its retries.
 ///
 /// `map_index` is `-1` for a task that is not mapped.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskScope {
-    dag_id: String,
-    run_id: String,
-    task_id: String,
+    // The three ids in one buffer (one allocation per scope: scopes are
+    // rebuilt on every call that crosses the plugin boundary).
+    ids: String,
+    run_start: usize,
+    task_start: usize,
     map_index: i64,
+}
+
+impl fmt::Debug for TaskScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskScope")
+            .field("dag_id", &self.dag_id())
+            .field("run_id", &self.run_id())
+            .field("task_id", &self.task_id())
+            .field("map_index", &self.map_index)
+            .finish()
+    }
 }
 
 impl TaskScope {
     /// A validated task scope: each id 1 to [`MAX_ID_BYTES`] bytes without
     /// control characters, `map_index >= -1`.
     pub fn new(
-        dag_id: impl Into<String>,
-        run_id: impl Into<String>,
-        task_id: impl Into<String>,
+        dag_id: impl AsRef<str>,
+        run_id: impl AsRef<str>,
+        task_id: impl AsRef<str>,
         map_index: i64,
     ) -> Result<Self, BackendError> {
-        let scope = TaskScope {
-            dag_id: dag_id.into(),
-            run_id: run_id.into(),
-            task_id: task_id.into(),
-            map_index,
-        };
-        check_text("dag_id", &scope.dag_id, MAX_ID_BYTES)?;
-        check_text("run_id", &scope.run_id, MAX_ID_BYTES)?;
-        check_text("task_id", &scope.task_id, MAX_ID_BYTES)?;
+        let (dag_id, run_id, task_id) = (dag_id.as_ref(), run_id.as_ref(), task_id.as_ref());
+        check_text("dag_id", dag_id, MAX_ID_BYTES)?;
+        check_text("run_id", run_id, MAX_ID_BYTES)?;
+        check_text("task_id", task_id, MAX_ID_BYTES)?;
         if map_index < -1 {
             return Err(BackendError::invalid_input(format!(
                 "map_index is {map_index}; use -1 for a task that is not mapped, or 0 and above"
             )));
         }
-        Ok(scope)
+        let mut ids = String::with_capacity(dag_id.len() + run_id.len() + task_id.len());
+        ids.push_str(dag_id);
+        ids.push_str(run_id);
+        ids.push_str(task_id);
+        Ok(TaskScope {
+            ids,
+            run_start: dag_id.len(),
+            task_start: dag_id.len() + run_id.len(),
+            map_index,
+        })
     }
 
     /// The dag id.
     pub fn dag_id(&self) -> &str {
-        &self.dag_id
+        &self.ids[..self.run_start]
     }
 
     /// The run id.
     pub fn run_id(&self) -> &str {
-        &self.run_id
+        &self.ids[self.run_start..self.task_start]
     }
 
     /// The task id.
     pub fn task_id(&self) -> &str {
-        &self.task_id
+        &self.ids[self.task_start..]
     }
 
     /// The map index; `-1` when the task is not mapped.
@@ -97,12 +114,7 @@ impl TaskScope {
 
     /// The same task with another map index.
     pub fn with_map_index(&self, map_index: i64) -> Result<Self, BackendError> {
-        TaskScope::new(
-            self.dag_id.clone(),
-            self.run_id.clone(),
-            self.task_id.clone(),
-            map_index,
-        )
+        TaskScope::new(self.dag_id(), self.run_id(), self.task_id(), map_index)
     }
 }
 
@@ -111,7 +123,10 @@ impl fmt::Display for TaskScope {
         write!(
             f,
             "task {}/{}/{}[{}]",
-            self.dag_id, self.run_id, self.task_id, self.map_index
+            self.dag_id(),
+            self.run_id(),
+            self.task_id(),
+            self.map_index
         )
     }
 }
@@ -250,6 +265,18 @@ mod tests {
         assert!(TaskScope::new("d", "r", "t", -2).is_err());
         assert!(AssetScope::new(None, None).is_err());
         assert!(AssetScope::new(Some(String::new()), None).is_err());
+        let scope = TaskScope::new("dag", "run", "task", 4).unwrap();
+        assert_eq!(
+            (
+                scope.dag_id(),
+                scope.run_id(),
+                scope.task_id(),
+                scope.map_index()
+            ),
+            ("dag", "run", "task", 4)
+        );
+        // The ids are kept apart: moving a character between them is another scope.
+        assert_ne!(scope, TaskScope::new("da", "grun", "task", 4).unwrap());
         let both = AssetScope::new(Some("n".into()), Some("s3://b/k".into())).unwrap();
         assert_eq!(both.identity(), AssetIdentity::Name("n"));
         assert_eq!(

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod envelope;
 mod error;
+pub mod memstore;
 pub mod plugin;
 pub mod state;
 pub mod store;

@@ -67,6 +67,9 @@ fn now_ms() -> i64 {
 
 /// Opens the store named by `[database] url`.
 pub fn open_store(config: &Config) -> Result<Box<dyn MetadataStore>> {
+    if config.database_url == "memory://" {
+        return Ok(Box::new(crate::memstore::MemoryStore::new()));
+    }
     let location = SqliteLocation::parse(&config.database_url, &config.base_dir)?;
     Ok(Box::new(SqliteStore::open(location)?))
 }

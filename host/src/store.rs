@@ -101,7 +101,7 @@ impl SqliteLocation {
             _ => Err(Error::Config {
                 source_name: "[database] url".to_string(),
                 message: format!(
-                    "{url:?} is not a database URL this build knows; use sqlite://<path> (relative to the config file) or sqlite::memory:"
+                    "{url:?} is not a database URL this build knows; use sqlite://<path> (relative to the config file), sqlite::memory: or memory://"
                 ),
             }),
         }
@@ -595,5 +595,164 @@ fn task_rows(c: &Connection, sql: &str, now: Option<i64>) -> rusqlite::Result<Ve
     match now {
         Some(now) => stmt.query_map([now], map)?.collect(),
         None => stmt.query_map([], map)?.collect(),
+    }
+}
+
+/// The behaviour every [`MetadataStore`] must have; each implementation's
+/// tests run it.
+#[cfg(test)]
+pub(crate) mod suite {
+    use super::*;
+
+    fn task(map_index: i64) -> TaskScope {
+        TaskScope::new("dag", "run", "task", map_index).unwrap()
+    }
+
+    pub(crate) fn run(store: &dyn MetadataStore) {
+        task_rows_upsert_expire_and_delete(store);
+        clear_respects_map_indices(store);
+        assets_share_rows_by_name_and_uri(store);
+        gc_deletes_only_rows_still_expired(store);
+    }
+
+    fn task_rows_upsert_expire_and_delete(store: &dyn MetadataStore) {
+        let t = task(-1);
+        assert_eq!(store.get_task(&t, "k", 0).unwrap(), None);
+        store.put_task(&t, "k", "1", 10, None).unwrap();
+        store.put_task(&t, "k", "2", 20, Some(100)).unwrap();
+        assert_eq!(store.get_task(&t, "k", 99).unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            store.get_task(&t, "k", 100).unwrap(),
+            None,
+            "expired at expires_at"
+        );
+        let rows: Vec<Row> = store
+            .rows()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.key == "k")
+            .collect();
+        assert_eq!(rows.len(), 1, "upsert keeps one row");
+        assert_eq!((rows[0].updated_at, rows[0].expires_at), (20, Some(100)));
+        assert_eq!(store.delete_task(&t, "k").unwrap().as_deref(), Some("2"));
+        assert_eq!(store.delete_task(&t, "k").unwrap(), None);
+    }
+
+    fn clear_respects_map_indices(store: &dyn MetadataStore) {
+        for m in [0, 1] {
+            store.put_task(&task(m), "a", "x", 1, None).unwrap();
+            store.put_task(&task(m), "b", "y", 1, None).unwrap();
+        }
+        let other = TaskScope::new("dag", "run", "other", 0).unwrap();
+        store.put_task(&other, "a", "z", 1, None).unwrap();
+        assert_eq!(store.clear_task(&task(0), false).unwrap(), 2);
+        assert_eq!(
+            store.get_task(&task(1), "a", 0).unwrap().as_deref(),
+            Some("x")
+        );
+        assert_eq!(store.clear_task(&task(0), true).unwrap(), 2);
+        assert_eq!(store.get_task(&task(1), "a", 0).unwrap(), None);
+        assert_eq!(
+            store.get_task(&other, "a", 0).unwrap().as_deref(),
+            Some("z")
+        );
+        store.clear_task(&other, false).unwrap();
+    }
+
+    fn assets_share_rows_by_name_and_uri(store: &dyn MetadataStore) {
+        let both = AssetScope::new(Some("orders".into()), Some("s3://b/orders".into())).unwrap();
+        let canonical = store.resolve_asset(&both).unwrap();
+        assert_eq!(canonical, AssetScope::by_name("orders").unwrap());
+        let by_uri = store
+            .resolve_asset(&AssetScope::by_uri("s3://b/orders").unwrap())
+            .unwrap();
+        assert_eq!(by_uri, canonical);
+        store.put_asset(&canonical, "wm", "\"1\"", 5).unwrap();
+        assert_eq!(
+            store.get_asset(&by_uri, "wm").unwrap().as_deref(),
+            Some("\"1\"")
+        );
+
+        // Registered by uri first: the namespace stays the uri's when a name
+        // is learnt later.
+        let uri_first = store
+            .resolve_asset(&AssetScope::by_uri("file:///x").unwrap())
+            .unwrap();
+        let later = store
+            .resolve_asset(&AssetScope::new(Some("x".into()), Some("file:///x".into())).unwrap())
+            .unwrap();
+        assert_eq!(later, uri_first);
+        assert_eq!(
+            store
+                .resolve_asset(&AssetScope::by_name("x").unwrap())
+                .unwrap(),
+            uri_first
+        );
+
+        for clash in [
+            AssetScope::new(Some("orders".into()), Some("file:///x".into())).unwrap(),
+            AssetScope::new(Some("orders".into()), Some("s3://elsewhere".into())).unwrap(),
+        ] {
+            assert!(
+                matches!(store.resolve_asset(&clash), Err(Error::InvalidInput { .. })),
+                "{clash}"
+            );
+        }
+        assert_eq!(
+            store.delete_asset(&canonical, "wm").unwrap().as_deref(),
+            Some("\"1\"")
+        );
+        store.put_asset(&canonical, "a", "1", 5).unwrap();
+        assert_eq!(store.clear_asset(&canonical).unwrap(), 1);
+    }
+
+    fn gc_deletes_only_rows_still_expired(store: &dyn MetadataStore) {
+        let t = TaskScope::new("gc", "run", "task", -1).unwrap();
+        store.put_task(&t, "old", "1", 1, Some(10)).unwrap();
+        store.put_task(&t, "new", "2", 1, Some(1_000)).unwrap();
+        let expired = store.expired_task_rows(50).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].key, "old");
+        // Rewritten after gc read it: the row is not deleted.
+        store.put_task(&t, "old", "3", 60, Some(70)).unwrap();
+        assert!(!store.delete_expired_task_row(&expired[0], 50).unwrap());
+        let expired = store.expired_task_rows(80).unwrap();
+        assert!(store.delete_expired_task_row(&expired[0], 80).unwrap());
+        assert_eq!(store.get_task(&t, "old", 0).unwrap(), None);
+        store.clear_task(&t, true).unwrap();
+    }
+
+    #[test]
+    fn sqlite_file_store() {
+        let dir = tempfile::tempdir().unwrap();
+        run(&SqliteStore::open(SqliteLocation::File(dir.path().join("s.db"))).unwrap());
+    }
+
+    #[test]
+    fn sqlite_memory_store() {
+        run(&SqliteStore::open(SqliteLocation::Memory).unwrap());
+    }
+
+    #[test]
+    fn memory_store() {
+        run(&crate::memstore::MemoryStore::new());
+    }
+
+    #[test]
+    fn sqlite_refuses_an_unknown_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(SqliteStore::open(SqliteLocation::File(path.clone())).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE statehost_meta SET value = '99' WHERE name = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let err = SqliteStore::open(SqliteLocation::File(path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
     }
 }

@@ -29,12 +29,48 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
-/// Values in a thread-safe ordered map, keyed by their [`layout`] path,
-/// which is also the reference.
+type Shard = RwLock<BTreeMap<String, (String, SystemTime)>>;
+
+/// How many independently locked maps values are spread over, so threads
+/// working on different tasks do not queue on one lock.
+const SHARDS: usize = 16;
+
+/// Values in thread-safe ordered maps, keyed by their [`layout`] path, which
+/// is also the reference. Values are spread over [`SHARDS`] maps by task
+/// (dag, run, task) or asset, so a clear of every map index of a task, like
+/// any single-scope operation, touches one map.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     inline_threshold_bytes: usize,
-    values: RwLock<BTreeMap<String, (String, SystemTime)>>,
+    shards: [Shard; SHARDS],
+}
+
+/// The part of a layout path that picks the shard: the first four
+/// components of a task path (`task/<dag>/<run>/<task>`), the first three of
+/// an asset path (`asset/<name|uri>/<id>`). Components may span several
+/// segments (long ones are cut, each piece but the last ending in `+`).
+fn shard_key(path: &str) -> &str {
+    let wanted = if path.starts_with("task/") { 4 } else { 3 };
+    let mut components = 0;
+    for (i, b) in path.bytes().enumerate() {
+        if b == b'/' && i > 0 && path.as_bytes()[i - 1] != b'+' {
+            components += 1;
+            if components == wanted {
+                return &path[..i];
+            }
+        }
+    }
+    path
+}
+
+fn shard_index(path: &str) -> usize {
+    // FNV-1a: short keys, no need for a DoS-resistant hash in-process.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in shard_key(path).bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % SHARDS as u64) as usize
 }
 
 impl MemoryBackend {
@@ -43,11 +79,15 @@ impl MemoryBackend {
         MemoryBackend::default()
     }
 
+    fn shard(&self, path: &str) -> &Shard {
+        &self.shards[shard_index(path)]
+    }
+
     fn store(&self, path: String, value: &str) -> Result<Serialized, BackendError> {
         if value.len() < self.inline_threshold_bytes {
             return Ok(Serialized::Inline);
         }
-        let mut values = self.values.write().unwrap_or_else(|p| p.into_inner());
+        let mut values = self.shard(&path).write().unwrap_or_else(|p| p.into_inner());
         match values.get_mut(&path) {
             Some(slot) => {
                 slot.0.clear();
@@ -62,7 +102,10 @@ impl MemoryBackend {
     }
 
     fn load(&self, reference: &str) -> Result<String, BackendError> {
-        let values = self.values.read().unwrap_or_else(|p| p.into_inner());
+        let values = self
+            .shard(reference)
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
         values
             .get(reference)
             .map(|(v, _)| v.clone())
@@ -108,14 +151,17 @@ impl StateBackend for MemoryBackend {
 
     fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
         let path = layout::object_path(scope, key);
-        let mut values = self.values.write().unwrap_or_else(|p| p.into_inner());
+        let mut values = self.shard(&path).write().unwrap_or_else(|p| p.into_inner());
         values.remove(&path);
         Ok(())
     }
 
     fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
         let prefix = format!("{}/", layout::clear_prefix(scope, all_map_indices));
-        let mut values = self.values.write().unwrap_or_else(|p| p.into_inner());
+        let mut values = self
+            .shard(&prefix)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let doomed: Vec<String> = Self::under(&values, &prefix)
             .map(|(k, _)| k.clone())
             .collect();
@@ -129,18 +175,26 @@ impl StateBackend for MemoryBackend {
         let prefix = scope
             .map(|s| format!("{}/", layout::scope_prefix(s)))
             .unwrap_or_default();
-        let values = self.values.read().unwrap_or_else(|p| p.into_inner());
-        Ok(Self::under(&values, &prefix)
-            .filter_map(|(path, (_, modified))| {
-                let (scope, key) = layout::parse_object_path(path)?;
-                Some(StoredObject {
-                    scope,
-                    key,
-                    reference: path.clone(),
-                    modified: Some(*modified),
-                })
-            })
-            .collect())
+        let shards: Vec<&Shard> = match scope {
+            Some(_) => vec![self.shard(&prefix)],
+            None => self.shards.iter().collect(),
+        };
+        let mut out = Vec::new();
+        for shard in shards {
+            let values = shard.read().unwrap_or_else(|p| p.into_inner());
+            out.extend(
+                Self::under(&values, &prefix).filter_map(|(path, (_, modified))| {
+                    let (scope, key) = layout::parse_object_path(path)?;
+                    Some(StoredObject {
+                        scope,
+                        key,
+                        reference: path.clone(),
+                        modified: Some(*modified),
+                    })
+                }),
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -154,7 +208,7 @@ impl BackendPlugin for MemoryBackend {
         let options: MemoryOptions = options.parse(Self::NAME)?;
         Ok(MemoryBackend {
             inline_threshold_bytes: options.inline_threshold_bytes,
-            values: RwLock::default(),
+            ..MemoryBackend::default()
         })
     }
 }
@@ -184,6 +238,26 @@ mod tests {
             backend.serialize_task_state(&scope, "k", "1234").unwrap(),
             Serialized::Reference(_)
         ));
+    }
+
+    #[test]
+    fn a_scope_and_all_its_map_indices_share_a_shard() {
+        let long = "d".repeat(700);
+        for dag in ["d", long.as_str()] {
+            let m0 = TaskScope::new(dag, "r", "t", 0).unwrap();
+            let m1 = m0.with_map_index(1).unwrap();
+            let path = layout::task_object_path(&m0, "k");
+            assert_eq!(shard_key(&path), layout::task_all_maps_prefix(&m0));
+            assert_eq!(
+                shard_index(&path),
+                shard_index(&layout::task_object_path(&m1, "x/y"))
+            );
+            let clear = format!("{}/", layout::task_all_maps_prefix(&m0));
+            assert_eq!(shard_index(&clear), shard_index(&path));
+        }
+        let asset = AssetScope::by_name("a/b").unwrap();
+        let path = layout::asset_object_path(&asset, "k");
+        assert_eq!(shard_key(&path), layout::asset_prefix(&asset));
     }
 
     #[test]

@@ -341,6 +341,20 @@ impl StateBackend for LoadedBackend {
     fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
         self.backend.deserialize_asset_state(reference)
     }
+    fn visit_task_state(
+        &self,
+        reference: &str,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), BackendError> {
+        self.backend.visit_task_state(reference, visit)
+    }
+    fn visit_asset_state(
+        &self,
+        reference: &str,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), BackendError> {
+        self.backend.visit_asset_state(reference, visit)
+    }
     fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
         self.backend.delete(scope, key)
     }

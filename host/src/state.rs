@@ -323,7 +323,11 @@ impl StateHost {
         scope: &str,
         key: &str,
         text: String,
-        deserialize: impl FnOnce(&dyn StateBackend, &str) -> std::result::Result<String, BackendError>,
+        visit: impl FnOnce(
+            &dyn StateBackend,
+            &str,
+            &mut dyn FnMut(&str),
+        ) -> std::result::Result<(), BackendError>,
     ) -> Result<Value> {
         let corrupt = |message: String| Error::Corrupt {
             scope: scope.to_string(),
@@ -338,9 +342,22 @@ impl StateHost {
                         "it is stored in a state backend (reference {reference:?}) but no backend is configured; set [workers] state_backend to the backend that wrote it"
                     )));
                 };
-                let json = deserialize(backend.as_ref(), &reference)
-                    .map_err(|e| backend_error(name, "read", scope, key, e))?;
-                serde_json::from_str(&json).map_err(|e| {
+                // Parse where the backend's text lies: no copy of the value.
+                let mut parsed = None;
+                visit(backend.as_ref(), &reference, &mut |json| {
+                    parsed = Some(serde_json::from_str::<Value>(json));
+                })
+                .map_err(|e| backend_error(name, "read", scope, key, e))?;
+                let parsed = parsed.ok_or_else(|| {
+                    backend_error(
+                        name,
+                        "read",
+                        scope,
+                        key,
+                        BackendError::other("it returned nothing"),
+                    )
+                })?;
+                parsed.map_err(|e| {
                     backend_error(
                         name,
                         "read",
@@ -407,8 +424,8 @@ impl TaskState {
             return Ok(None);
         };
         self.host
-            .read_stored(&self.scope.to_string(), key, text, |b, r| {
-                b.deserialize_task_state(r)
+            .read_stored(&self.scope.to_string(), key, text, |b, r, v| {
+                b.visit_task_state(r, v)
             })
             .map(Some)
     }
@@ -536,8 +553,8 @@ impl AssetState {
             return Ok(None);
         };
         self.host
-            .read_stored(&self.scope.to_string(), key, text, |b, r| {
-                b.deserialize_asset_state(r)
+            .read_stored(&self.scope.to_string(), key, text, |b, r, v| {
+                b.visit_asset_state(r, v)
             })
             .map(Some)
     }

@@ -64,6 +64,15 @@ fn get(backend: &dyn StateBackend, reference: &str) -> Value {
     let text = backend
         .deserialize_task_state(reference)
         .unwrap_or_else(|e| panic!("deserialize {reference:?}: {e}"));
+    let mut visited = None;
+    backend
+        .visit_task_state(reference, &mut |t| visited = Some(t.to_string()))
+        .unwrap_or_else(|e| panic!("visit {reference:?}: {e}"));
+    assert_eq!(
+        visited.as_deref(),
+        Some(text.as_str()),
+        "visit_task_state must lend what deserialize_task_state returns"
+    );
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("deserialize {reference:?} returned invalid JSON ({e}): {text}"))
 }

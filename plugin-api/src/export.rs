@@ -14,6 +14,11 @@
 ///
 /// The plugin crate needs no dependency besides this one (and whatever its
 /// backend uses): no `abi_stable`, no `log` setup.
+///
+/// The macro defines the one symbol the host looks up, so a binary can link
+/// at most one plugin crate as a library (for in-process tests or
+/// benchmarks): linking two gives a "duplicate symbol" error. Test two
+/// backends in-process from two test binaries, or load their `.so` files.
 #[macro_export]
 macro_rules! export_backend {
     ($backend:ty $(,)?) => {

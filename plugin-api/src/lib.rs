@@ -277,6 +277,33 @@ pub trait StateBackend: Send + Sync {
     /// `all_map_indices` means nothing for asset scopes. Idempotent.
     fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError>;
 
+    /// Reads a task-state value and lends its JSON text to `visit`, for
+    /// callers that only parse it. The default calls
+    /// [`deserialize_task_state`](StateBackend::deserialize_task_state); a
+    /// backend loaded from a plugin overrides it so that a value made in the
+    /// plugin is read where it lies instead of being copied into the host's
+    /// allocator first (for large values the copy, not the read, dominates).
+    /// Backends rarely need to implement it.
+    fn visit_task_state(
+        &self,
+        reference: &str,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), BackendError> {
+        visit(&self.deserialize_task_state(reference)?);
+        Ok(())
+    }
+
+    /// As [`visit_task_state`](StateBackend::visit_task_state), for asset
+    /// state.
+    fn visit_asset_state(
+        &self,
+        reference: &str,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), BackendError> {
+        visit(&self.deserialize_asset_state(reference)?);
+        Ok(())
+    }
+
     /// The objects the backend holds in `scope` (every scope when `None`).
     /// Optional: backends that implement it declare
     /// [`Capabilities::LIST`]; the host's garbage collector uses it to find
@@ -311,6 +338,20 @@ impl<B: StateBackend + ?Sized> StateBackend for std::sync::Arc<B> {
     }
     fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
         (**self).deserialize_asset_state(reference)
+    }
+    fn visit_task_state(
+        &self,
+        reference: &str,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), BackendError> {
+        (**self).visit_task_state(reference, visit)
+    }
+    fn visit_asset_state(
+        &self,
+        reference: &str,
+        visit: &mut dyn FnMut(&str),
+    ) -> Result<(), BackendError> {
+        (**self).visit_asset_state(reference, visit)
     }
     fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
         (**self).delete(scope, key)

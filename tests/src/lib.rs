@@ -38,18 +38,27 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the plugins, fixtures and CLI once per test binary.
+/// Builds the plugins, fixtures and CLI (dev profile) once per test binary.
 pub fn artifacts() -> &'static Artifacts {
     static BUILT: OnceLock<Artifacts> = OnceLock::new();
-    BUILT.get_or_init(build)
+    BUILT.get_or_init(|| build(false))
 }
 
-fn build() -> Artifacts {
+/// The same, built with `--release`, for benchmarks.
+pub fn release_artifacts() -> &'static Artifacts {
+    static BUILT: OnceLock<Artifacts> = OnceLock::new();
+    BUILT.get_or_init(|| build(true))
+}
+
+fn build(release: bool) -> Artifacts {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
         .args(["build", "--message-format=json-render-diagnostics"]);
+    if release {
+        command.arg("--release");
+    }
     for package in PACKAGES {
         command.args(["-p", package]);
     }
@@ -93,6 +102,40 @@ pub fn library(target: &str) -> &'static Path {
         .libraries
         .get(target)
         .unwrap_or_else(|| panic!("no library built for {target}: {:?}", artifacts().libraries))
+}
+
+/// The release-built shared library of a library target, for benchmarks.
+pub fn release_library(target: &str) -> &'static Path {
+    release_artifacts()
+        .libraries
+        .get(target)
+        .unwrap_or_else(|| panic!("no library built for {target}"))
+}
+
+/// A JSON string value whose JSON text is exactly `bytes` long (at least 2).
+pub fn json_string_of(bytes: usize) -> serde_json::Value {
+    serde_json::Value::String("x".repeat(bytes.saturating_sub(2)))
+}
+
+/// The value sizes every benchmark runs at: 16 B, 1 KiB, 64 KiB, 1 MiB.
+pub const BENCH_SIZES: [usize; 4] = [16, 1 << 10, 64 << 10, 1 << 20];
+
+/// A readable label for a size.
+pub fn size_label(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
+}
+
+/// Where file benchmarks write: `$STATEHOST_BENCH_DIR` (e.g. /dev/shm for
+/// tmpfs), else the system temp directory.
+pub fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("STATEHOST_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir).expect("temp dir in STATEHOST_BENCH_DIR"),
+        None => tempfile::tempdir().expect("temp dir"),
+    }
 }
 
 /// A temporary directory holding a plugin directory (`plugins/`) with the

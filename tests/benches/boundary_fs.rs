@@ -1,0 +1,101 @@
+//! The plugin boundary with the fs backend: through the loaded `.so`,
+//! in-process through the trait, and the floor: the same bytes written to a
+//! temporary file, flushed, renamed over the target and the directory
+//! flushed (what the fs backend does with `fsync = true`), or read back.
+//!
+//! Files go to `$STATEHOST_BENCH_DIR` (set it to /dev/shm for tmpfs), else
+//! the system temp directory.
+
+use std::fs;
+use std::hint::black_box;
+use std::io::Write;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use statehost::plugin::LoadedBackend;
+use statehost_fs::FsBackend;
+use statehost_plugin_api::{Serialized, StateBackend, TaskScope};
+use statehost_tests::{BENCH_SIZES, bench_dir, json_string_of, release_library, size_label};
+
+fn fs_floor_write(dir: &std::path::Path, target: &std::path::Path, bytes: &[u8]) {
+    let mut temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .unwrap();
+    temp.write_all(bytes).unwrap();
+    temp.as_file().sync_all().unwrap();
+    temp.persist(target).unwrap();
+    fs::File::open(dir).unwrap().sync_all().unwrap();
+}
+
+fn boundary(c: &mut Criterion) {
+    let root = bench_dir();
+    let loaded = LoadedBackend::load(
+        release_library("statehost_fs"),
+        &serde_json::json!({"root": root.path().join("so")}),
+        None,
+    )
+    .unwrap();
+    let in_process = FsBackend::open(root.path().join("in-process")).unwrap();
+    let floor_dir = root.path().join("floor");
+    fs::create_dir_all(&floor_dir).unwrap();
+    let floor_file = floor_dir.join("value");
+    let scope = TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap();
+
+    for size in BENCH_SIZES {
+        let value = json_string_of(size).to_string();
+        let mut group = c.benchmark_group(format!("boundary/fs/serialize/{}", size_label(size)));
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(BenchmarkId::from_parameter("so"), |b| {
+            let backend: &dyn StateBackend = &loaded;
+            b.iter(|| {
+                backend
+                    .serialize_task_state(&scope, "key", black_box(&value))
+                    .unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
+            let backend: &dyn StateBackend = &in_process;
+            b.iter(|| {
+                backend
+                    .serialize_task_state(&scope, "key", black_box(&value))
+                    .unwrap()
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
+            b.iter(|| fs_floor_write(&floor_dir, &floor_file, black_box(value.as_bytes())))
+        });
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("boundary/fs/deserialize/{}", size_label(size)));
+        group.throughput(Throughput::Bytes(size as u64));
+        let Serialized::Reference(r) = loaded.serialize_task_state(&scope, "key", &value).unwrap()
+        else {
+            panic!("fs stores every value by default")
+        };
+        in_process
+            .serialize_task_state(&scope, "key", &value)
+            .unwrap();
+        group.bench_function(BenchmarkId::from_parameter("so"), |b| {
+            let backend: &dyn StateBackend = &loaded;
+            b.iter(|| backend.deserialize_task_state(black_box(&r)).unwrap())
+        });
+        group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
+            let backend: &dyn StateBackend = &in_process;
+            b.iter(|| backend.deserialize_task_state(black_box(&r)).unwrap())
+        });
+        group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
+            b.iter(|| fs::read_to_string(black_box(&floor_file)).unwrap())
+        });
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(300))
+        .measurement_time(std::time::Duration::from_secs(2));
+    targets = boundary
+}
+criterion_main!(benches);

@@ -2,6 +2,8 @@
 //! `{"__airflow_state_ref__":"<reference>"}`, byte for byte what Airflow 3.3
 //! writes, so tools that read Airflow's rows read ours.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 /// The envelope's only key.
@@ -26,23 +28,40 @@ pub fn carries_marker(value: &Value) -> bool {
 
 /// What a stored row holds.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Stored {
+pub enum Stored<'a> {
     /// The value itself.
     Inline(Value),
-    /// A reference into the backend.
-    Reference(String),
+    /// A reference into the backend (borrowed from the row when it needs no
+    /// unescaping).
+    Reference(Cow<'a, str>),
 }
 
 /// Reads a row's text. `Err` describes a corrupt row: not JSON, or an
 /// envelope whose reference is empty or not a string.
-pub fn unwrap(text: &str) -> Result<Stored, String> {
+pub fn unwrap(text: &str) -> Result<Stored<'_>, String> {
+    // Fast path for what `wrap` writes: read the reference without building
+    // a map for the envelope (this runs on every read).
+    let prefix = concat!("{\"", "__airflow_state_ref__", "\":");
+    if let Some(rest) = text.strip_prefix(prefix)
+        && let Some(literal) = rest.strip_suffix('}')
+        && let Some(reference) = serde_json::from_str::<&str>(literal)
+            .map(Cow::Borrowed)
+            .ok()
+            .or_else(|| serde_json::from_str::<String>(literal).ok().map(Cow::Owned))
+    {
+        return if reference.is_empty() {
+            Err("its envelope holds an empty reference".to_string())
+        } else {
+            Ok(Stored::Reference(reference))
+        };
+    }
     let value: Value =
         serde_json::from_str(text).map_err(|e| format!("the stored text is not JSON ({e})"))?;
     if let Value::Object(map) = &value
         && let Some(reference) = map.get(MARKER)
     {
         return match reference {
-            Value::String(r) if !r.is_empty() => Ok(Stored::Reference(r.clone())),
+            Value::String(r) if !r.is_empty() => Ok(Stored::Reference(Cow::Owned(r.clone()))),
             Value::String(_) => Err("its envelope holds an empty reference".to_string()),
             other => Err(format!(
                 "its envelope's reference is not a string but {other}"
@@ -68,6 +87,27 @@ mod tests {
             unwrap("[1]").unwrap(),
             Stored::Inline(serde_json::json!([1]))
         );
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_a_full_parse() {
+        // Spaced or reordered envelopes (written by other tools) take the
+        // slow path and mean the same.
+        assert_eq!(
+            unwrap(r#"{ "__airflow_state_ref__" : "a" }"#).unwrap(),
+            Stored::Reference("a".into())
+        );
+        assert_eq!(
+            unwrap(r#"{"__airflow_state_ref__":"a\u0041"}"#).unwrap(),
+            Stored::Reference("aA".into())
+        );
+        // A marker prefix followed by more keys is still an envelope.
+        assert_eq!(
+            unwrap(r#"{"__airflow_state_ref__":"a","x":1}"#).unwrap(),
+            Stored::Reference("a".into())
+        );
+        assert!(unwrap(r#"{"__airflow_state_ref__":""}"#).is_err());
+        assert!(unwrap(r#"{"__airflow_state_ref__":[1]}"#).is_err());
     }
 
     #[test]

@@ -410,7 +410,10 @@ fn demo(config: &Config) -> Result<ExitCode, Error> {
         {
             let place = match config.backend_options("fs").get("root") {
                 Some(Value::String(root)) if backend.as_deref() == Some("fs") => {
-                    format!("file {}", config.base_dir.join(root).join(&r).display())
+                    format!(
+                        "file {}",
+                        config.base_dir.join(root).join(r.as_ref()).display()
+                    )
                 }
                 _ => format!(
                     "backend `{}` under reference {r:?}",

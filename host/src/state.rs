@@ -222,7 +222,7 @@ impl StateHost {
             .rows()?
             .into_iter()
             .filter_map(|row| match envelope::unwrap(&row.value) {
-                Ok(Stored::Reference(r)) => Some(r),
+                Ok(Stored::Reference(r)) => Some(r.into_owned()),
                 _ => None,
             })
             .collect();

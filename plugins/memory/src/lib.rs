@@ -10,8 +10,6 @@
 //! inline_threshold_bytes = 0   # values whose JSON is shorter stay inline
 //! ```
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::RwLock;
 use std::time::SystemTime;
 
@@ -29,16 +27,18 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
-type Shard = RwLock<BTreeMap<String, (String, SystemTime)>>;
+type Shard = RwLock<rustc_hash::FxHashMap<String, (String, SystemTime)>>;
 
 /// How many independently locked maps values are spread over, so threads
 /// working on different tasks do not queue on one lock.
 const SHARDS: usize = 16;
 
-/// Values in thread-safe ordered maps, keyed by their [`layout`] path, which
-/// is also the reference. Values are spread over [`SHARDS`] maps by task
-/// (dag, run, task) or asset, so a clear of every map index of a task, like
-/// any single-scope operation, touches one map.
+/// Values in thread-safe hash maps, keyed by their [`layout`] path, which is
+/// also the reference. Values are spread over [`SHARDS`] maps by task (dag,
+/// run, task) or asset, so a clear of every map index of a task, like any
+/// single-scope operation, touches one map. (Hash maps, not ordered ones:
+/// layout paths share long prefixes, which makes every comparison in an
+/// ordered map walk them.)
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     inline_threshold_bytes: usize,
@@ -64,13 +64,8 @@ fn shard_key(path: &str) -> &str {
 }
 
 fn shard_index(path: &str) -> usize {
-    // FNV-1a: short keys, no need for a DoS-resistant hash in-process.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in shard_key(path).bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % SHARDS as u64) as usize
+    use std::hash::BuildHasher;
+    (rustc_hash::FxBuildHasher.hash_one(shard_key(path)) % SHARDS as u64) as usize
 }
 
 impl MemoryBackend {
@@ -112,13 +107,13 @@ impl MemoryBackend {
             .ok_or_else(|| BackendError::not_found(format!("no value in memory at {reference}")))
     }
 
-    /// Every entry under `prefix/`.
+    /// Every entry under `prefix/` (in one shard: a scan, which clear and
+    /// list can afford and set and get never do).
     fn under<'a>(
-        map: &'a BTreeMap<String, (String, SystemTime)>,
+        map: &'a rustc_hash::FxHashMap<String, (String, SystemTime)>,
         prefix: &'a str,
     ) -> impl Iterator<Item = (&'a String, &'a (String, SystemTime))> + 'a {
-        map.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(move |(k, _)| k.starts_with(prefix))
+        map.iter().filter(move |(k, _)| k.starts_with(prefix))
     }
 }
 

@@ -1,0 +1,94 @@
+//! statehost's half of the Airflow side-by-side comparison: the same
+//! procedure as `bench/airflow_state_bench.py` (N = 20000 distinct keys of
+//! one task: set each, get each, then set+get each; 16 B and 1 KiB values),
+//! through the task-state accessor with no backend and with the memory and
+//! fs plugins loaded from their `.so`, on the in-memory map store (the same
+//! work as the dict that stands in for Airflow's Execution API).
+//!
+//! Writes `target/criterion/side_by_side/statehost.json`; `bench/report.py`
+//! prints it next to Airflow's figures.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::json;
+use statehost::StateHost;
+use statehost::config::StateStoreSettings;
+use statehost::memstore::MemoryStore;
+use statehost::plugin::LoadedBackend;
+use statehost_plugin_api::{StateBackend, TaskScope};
+use statehost_tests::{bench_dir, json_string_of, release_library, workspace_root};
+
+const N: usize = 20_000;
+const SIZES: [usize; 2] = [16, 1024];
+
+fn main() {
+    if std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|filter| !"side_by_side".contains(filter.as_str()))
+    {
+        return;
+    }
+    let root = bench_dir();
+    let mut results = serde_json::Map::new();
+    for backend in ["none", "memory", "fs"] {
+        let mut by_size = serde_json::Map::new();
+        for size in SIZES {
+            let loaded = match backend {
+                "none" => None,
+                name => {
+                    let options = match name {
+                        "fs" => json!({"root": root.path().join(format!("fs-{size}"))}),
+                        _ => serde_json::Value::Null,
+                    };
+                    let library = release_library(&format!("statehost_{name}"));
+                    let b = LoadedBackend::load(library, &options, None).unwrap();
+                    Some((name.to_string(), Arc::new(b) as Arc<dyn StateBackend>))
+                }
+            };
+            let host = StateHost::from_parts(
+                loaded,
+                Box::new(MemoryStore::new()),
+                StateStoreSettings::default(),
+            );
+            let state = host.task_state(
+                TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap(),
+            );
+            let value = json_string_of(size);
+            let keys: Vec<String> = (0..N).map(|i| format!("key-{i}")).collect();
+
+            let start = Instant::now();
+            for k in &keys {
+                state.set(k, &value).unwrap();
+            }
+            let set = start.elapsed().as_secs_f64() * 1e6 / N as f64;
+            let start = Instant::now();
+            for k in &keys {
+                assert_eq!(state.get(k).unwrap().as_ref(), Some(&value));
+            }
+            let get = start.elapsed().as_secs_f64() * 1e6 / N as f64;
+            let start = Instant::now();
+            for k in &keys {
+                state.set(k, &value).unwrap();
+                state.get(k).unwrap();
+            }
+            let pair = start.elapsed().as_secs_f64() * 1e6 / N as f64;
+            println!(
+                "side_by_side/{backend}/{size}B: set {set:.2} µs, get {get:.2} µs, pair {pair:.2} µs"
+            );
+            by_size.insert(
+                size.to_string(),
+                json!({"set": set, "get": get, "pair": pair}),
+            );
+        }
+        results.insert(backend.to_string(), serde_json::Value::Object(by_size));
+    }
+    let out = workspace_root().join("target/criterion/side_by_side");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("statehost.json"),
+        serde_json::Value::Object(results).to_string(),
+    )
+    .unwrap();
+}

@@ -11,14 +11,14 @@ pub const MARKER: &str = "__airflow_state_ref__";
 
 /// The stored text of an envelope around `reference`.
 pub fn wrap(reference: &str) -> String {
-    let mut out = String::with_capacity(reference.len() + MARKER.len() + 8);
-    out.push_str("{\"");
-    out.push_str(MARKER);
-    out.push_str("\":");
-    // serde_json escapes exactly as JSON requires.
-    out.push_str(&Value::String(reference.to_string()).to_string());
-    out.push('}');
-    out
+    let mut out = Vec::with_capacity(reference.len() + MARKER.len() + 8);
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(MARKER.as_bytes());
+    out.extend_from_slice(b"\":");
+    // serde_json escapes exactly as JSON requires; writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, reference);
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Whether a user value would be mistaken for an envelope when read back.

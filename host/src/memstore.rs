@@ -41,7 +41,8 @@ struct AssetRecord {
 /// A sharded in-memory store with the semantics of the SQLite one.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    shards: [Mutex<Shard>; SHARDS],
+    // One cache line each, so threads on different shards do not contend.
+    shards: [crossbeam_utils::CachePadded<Mutex<Shard>>; SHARDS],
     assets: Mutex<Vec<AssetRecord>>,
     asset_rows: Mutex<FastMap<AssetScope, Keys>>,
 }
@@ -62,7 +63,7 @@ impl MemoryStore {
         use std::hash::BuildHasher;
         let hash =
             rustc_hash::FxBuildHasher.hash_one((scope.dag_id(), scope.run_id(), scope.task_id()));
-        lock(&self.shards[(hash % SHARDS as u64) as usize])
+        lock(&self.shards[(hash >> 60) as usize % SHARDS])
     }
 }
 

@@ -34,6 +34,16 @@ fn push_component(out: &mut String, text: &str) {
     }
     // Encode straight into `out`: this runs on every call of every backend.
     let start = out.len();
+    if text.len() <= MAX_SEGMENT_BYTES
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        // The common case (ids and keys made of letters, digits, - and _)
+        // needs no encoding.
+        out.push_str(text);
+        return;
+    }
     out.extend(utf8_percent_encode(text, ENCODE));
     if out.len() - start <= MAX_SEGMENT_BYTES {
         return;

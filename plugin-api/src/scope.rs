@@ -30,6 +30,11 @@ fn check_text(what: &str, text: &str, max: usize) -> Result<(), BackendError> {
             text.len()
         )));
     }
+    // Printable ASCII (the usual case) has no control characters; only
+    // other text needs decoding to check.
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     if let Some(c) = text.chars().find(|c| c.is_control()) {
         return Err(BackendError::invalid_input(format!(
             "{what} {text:?} contains the control character {c:?}; remove it"

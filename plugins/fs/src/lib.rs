@@ -112,10 +112,20 @@ impl FsBackend {
     }
 
     fn write_once(&self, dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        fs::create_dir_all(dir)?;
-        let mut temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .tempfile_in(dir)?;
+        let create = || {
+            tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(dir)
+        };
+        // The directory usually exists: create it only when it does not,
+        // rather than paying for a mkdir and a stat on every write.
+        let mut temp = match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)?;
+                create()?
+            }
+            other => other?,
+        };
         temp.write_all(bytes)?;
         if self.fsync {
             temp.as_file().sync_all()?;

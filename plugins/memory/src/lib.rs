@@ -27,7 +27,10 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
-type Shard = RwLock<rustc_hash::FxHashMap<String, (String, SystemTime)>>;
+// Padded to a cache line each: threads on different shards must not fight
+// over one line through the locks' counters.
+type Shard =
+    crossbeam_utils::CachePadded<RwLock<rustc_hash::FxHashMap<String, (String, SystemTime)>>>;
 
 /// How many independently locked maps values are spread over, so threads
 /// working on different tasks do not queue on one lock.
@@ -65,7 +68,8 @@ fn shard_key(path: &str) -> &str {
 
 fn shard_index(path: &str) -> usize {
     use std::hash::BuildHasher;
-    (rustc_hash::FxBuildHasher.hash_one(shard_key(path)) % SHARDS as u64) as usize
+    // The high bits: FxHash mixes poorly into the low ones.
+    (rustc_hash::FxBuildHasher.hash_one(shard_key(path)) >> 60) as usize % SHARDS
 }
 
 impl MemoryBackend {

@@ -1,0 +1,114 @@
+"""Prints the benchmark tables (Markdown) from one run of bench/run.sh:
+criterion's medians under target/criterion, the cold-start and side-by-side
+JSON files next to them."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CRITERION = ROOT / "target" / "criterion"
+SIZES = ["16B", "1KiB", "64KiB", "1MiB"]
+
+
+def medians() -> dict[str, float]:
+    """full benchmark id -> median in nanoseconds."""
+    out = {}
+    for bench in CRITERION.glob("**/new/benchmark.json"):
+        meta = json.loads(bench.read_text())
+        est = json.loads((bench.parent / "estimates.json").read_text())
+        out[meta["full_id"]] = est["median"]["point_estimate"]
+    return out
+
+
+def fmt(ns: float | None) -> str:
+    if ns is None:
+        return "–"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return "–" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    m = medians()
+    g = m.get
+    print("### Boundary: memory backend, one call\n")
+    rows = []
+    for op in ["serialize", "deserialize"]:
+        for size in SIZES:
+            p = f"boundary/memory/{op}/{size}"
+            so, tr, di, fl = g(f"{p}/so"), g(f"{p}/trait"), g(f"{p}/direct"), g(f"{p}/floor")
+            visit = g(f"{p}/so-visit")
+            rows.append([op, size, fmt(so), fmt(visit), fmt(tr), fmt(di), fmt(fl), ratio(so, tr), ratio(visit, tr), ratio(tr, di)])
+    print(table(["op", "size", ".so", ".so visit", "trait", "direct", "floor (map)", ".so / trait", "visit / trait", "trait / direct"], rows))
+
+    print("\n### Boundary: fs backend, one call\n")
+    rows = []
+    for op in ["serialize", "deserialize"]:
+        for size in SIZES:
+            p = f"boundary/fs/{op}/{size}"
+            so, tr, fl = g(f"{p}/so"), g(f"{p}/trait"), g(f"{p}/floor")
+            over = None if so is None or fl is None else so - fl
+            rows.append([op, size, fmt(so), fmt(tr), fmt(fl), fmt(over), ratio(so, tr)])
+    print(table(["op", "size", ".so", "trait", "floor (write+fsync+rename / read)", ".so − floor", ".so / trait"], rows))
+
+    print("\n### Accessors, one thread (µs per operation)\n")
+    rows = []
+    for backend in ["none", "memory", "fs"]:
+        for store in ["map", "sqlite-memory", "sqlite-file"]:
+            for size in SIZES:
+                p = f"accessor/{backend}/{store}/{size}"
+                rows.append([backend, store, size, fmt(g(f"{p}/set")), fmt(g(f"{p}/get")), fmt(g(f"{p}/pair"))])
+    print(table(["backend", "store", "size", "set", "get", "set+get"], rows))
+
+    print("\n### Threads: 1 against 2 (wall time per operation, 1 KiB values)\n")
+    rows = []
+    for label, allocator in [("", "glibc default"), ("tcache-off/", "glibc, tcache_count=0")]:
+        for work in ["memory/pair", "serde_json/render+parse"]:
+            one, two = g(f"{label}threads/{work}/1KiB/1"), g(f"{label}threads/{work}/1KiB/2")
+            if one is None:
+                continue
+            rows.append([work, allocator, fmt(one), fmt(two), ratio(one, two)])
+    print(table(["work", "allocator", "1 thread", "2 threads", "throughput 2 vs 1"], rows))
+
+    print("\n### Cold start: load + construct in a fresh process\n")
+    rows = []
+    for name in ["memory", "fs"]:
+        f = CRITERION / "coldstart" / f"{name}.json"
+        if f.exists():
+            d = json.loads(f.read_text())
+            rows.append([name, fmt(d["median_ns"]), str(d["samples"])])
+    print(table(["plugin", "median", "samples"], rows))
+
+    ours_f = CRITERION / "side_by_side" / "statehost.json"
+    theirs_f = CRITERION / "side_by_side" / "airflow.json"
+    if ours_f.exists() and theirs_f.exists():
+        ours, theirs = json.loads(ours_f.read_text()), json.loads(theirs_f.read_text())
+        print("\n### Side by side with Airflow's accessors (µs per operation, N = 20000 keys)\n")
+        rows = []
+        for backend in ["none", "memory", "fs"]:
+            for size in ["16", "1024"]:
+                o, t = ours[backend][size], theirs[backend][size]
+                for op in ["set", "get", "pair"]:
+                    rows.append([backend, f"{size} B", op, f"{t[op]:.2f}", f"{o[op]:.2f}", f"{t[op] / o[op]:.1f}×"])
+        print(table(["backend", "value", "op", "Airflow 1.3.2", "statehost", "speed-up"], rows))
+    else:
+        print("\n(side-by-side results missing: run bench/run.sh)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

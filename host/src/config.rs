@@ -50,6 +50,7 @@ struct RawStateStore {
 #[serde(deny_unknown_fields)]
 struct RawCore {
     plugins_dir: Option<PathBuf>,
+    allow_insecure_plugin_permissions: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,6 +59,7 @@ struct RawWorkers {
     state_backend: Option<String>,
     /// Airflow 3.3's spelling of `state_backend`.
     state_store_backend: Option<String>,
+    state_backend_sha256: Option<String>,
 }
 
 /// The type a known key takes, for reading environment overrides.
@@ -71,8 +73,10 @@ enum Kind {
 /// Every `[section] key` the host knows (besides `[backends.<name>]`).
 const KEYS: &[(&str, &str, Kind)] = &[
     ("core", "plugins_dir", Kind::Text),
+    ("core", "allow_insecure_plugin_permissions", Kind::Boolean),
     ("workers", "state_backend", Kind::Text),
     ("workers", "state_store_backend", Kind::Text),
+    ("workers", "state_backend_sha256", Kind::Text),
     ("database", "url", Kind::Text),
     ("state_store", "default_retention_days", Kind::Integer),
     ("state_store", "max_value_bytes", Kind::Integer),
@@ -93,6 +97,12 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// Where bare plugin names are looked up.
     pub plugins_dir: PathBuf,
+    /// `[core] allow_insecure_plugin_permissions`: load plugins that group or
+    /// others can write, or that someone else owns (with a warning).
+    pub allow_insecure_plugin_permissions: bool,
+    /// `[workers] state_backend_sha256`: the SHA-256 (lowercase hex) the
+    /// backend library's bytes must have.
+    pub state_backend_sha256: Option<String>,
     /// `[workers] state_backend`; `None` when empty or absent (no backend:
     /// values stay inline in the metadata store).
     pub state_backend: Option<String>,
@@ -230,12 +240,33 @@ fn resolve(
             (name, json)
         })
         .collect();
+    let state_backend_sha256 = match raw.workers.state_backend_sha256 {
+        None => None,
+        Some(pin) if pin.trim().is_empty() => None,
+        Some(pin) => {
+            let pin = pin.trim().to_ascii_lowercase();
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::Config {
+                    source_name: source_name.to_string(),
+                    message: format!(
+                        "[workers] state_backend_sha256 = {pin:?} is not a SHA-256: give the 64 hex digits `sha256sum` prints for the library"
+                    ),
+                });
+            }
+            Some(pin)
+        }
+    };
     let defaults = StateStoreSettings::default();
     let store = raw.state_store;
     Ok(Config {
         file: file.map(Path::to_path_buf),
         base_dir,
         plugins_dir,
+        allow_insecure_plugin_permissions: raw
+            .core
+            .allow_insecure_plugin_permissions
+            .unwrap_or(false),
+        state_backend_sha256,
         state_backend,
         backends,
         database_url: raw

@@ -47,6 +47,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A loading guard refused the library before it was loaded.
+    #[error("plugin {}: refused: {reason}", path.display())]
+    PluginRefused {
+        /// The library path.
+        path: PathBuf,
+        /// Which guard, and how to satisfy it.
+        reason: String,
+    },
+
     /// The file is not a shared library.
     #[error("plugin {}: not a shared library ({reason}); point state_backend at a libstatehost_<name>.so built as a cdylib", path.display())]
     NotSharedLibrary {

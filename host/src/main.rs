@@ -450,7 +450,12 @@ fn list_plugins(config: &Config, json: bool) -> Result<ExitCode, Error> {
     let rows: Vec<(String, PathBuf, Result<statehost::api::Metadata, Error>)> = found
         .into_iter()
         .map(|(name, path)| {
-            let loaded = plugin::load_library(&path).map(|lib| lib.metadata().clone());
+            let policy = plugin::LoadPolicy {
+                allow_insecure_permissions: config.allow_insecure_plugin_permissions,
+                sha256: None,
+                confine_to: Some(config.plugins_dir.clone()),
+            };
+            let loaded = plugin::load_library(&path, &policy).map(|lib| lib.metadata().clone());
             (name, path, loaded)
         })
         .collect();

@@ -106,6 +106,8 @@ pub struct PluginLibrary {
     path: PathBuf,
     module: PluginModuleRef,
     metadata: Metadata,
+    /// The hash of the loaded bytes, when a pin asked for it.
+    sha256: Option<String>,
 }
 
 impl std::fmt::Debug for PluginLibrary {
@@ -131,9 +133,36 @@ impl PluginLibrary {
 
 type LibraryCache = Mutex<HashMap<PathBuf, Result<Arc<PluginLibrary>>>>;
 
-/// Loads the library at `path` once per process; later calls (and later
-/// failures) come from the cache.
-pub fn load_library(path: &Path) -> Result<Arc<PluginLibrary>> {
+/// The checks made before a library is loaded (loading runs its code).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadPolicy {
+    /// Load files and directories that group or others can write, or that
+    /// another user owns, with a warning instead of refusing them.
+    pub allow_insecure_permissions: bool,
+    /// The SHA-256 (lowercase hex) the library's bytes must have.
+    pub sha256: Option<String>,
+    /// The library must resolve, after following symlinks, to a file inside
+    /// this directory (set for plugins named by a bare name).
+    pub confine_to: Option<PathBuf>,
+}
+
+impl LoadPolicy {
+    /// The policy for the configured backend: the config's permissions
+    /// switch and pin, confined to the plugin directory for a bare name.
+    pub fn for_config(config: &Config, location: &PluginLocation) -> LoadPolicy {
+        LoadPolicy {
+            allow_insecure_permissions: config.allow_insecure_plugin_permissions,
+            sha256: config.state_backend_sha256.clone(),
+            confine_to: location
+                .from_plugins_dir
+                .then(|| config.plugins_dir.clone()),
+        }
+    }
+}
+
+/// Loads the library at `path` once per process, after the guards of
+/// `policy`; later calls (and later failures) come from the cache.
+pub fn load_library(path: &Path, policy: &LoadPolicy) -> Result<Arc<PluginLibrary>> {
     static CACHE: OnceLock<LibraryCache> = OnceLock::new();
     let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut cache = CACHE
@@ -141,9 +170,25 @@ pub fn load_library(path: &Path) -> Result<Arc<PluginLibrary>> {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     if let Some(done) = cache.get(&key) {
-        return done.clone();
+        let done = done.clone()?;
+        // Already loaded: the pin must match the bytes that were loaded.
+        if let Some(pin) = &policy.sha256
+            && done.sha256.as_deref() != Some(pin.as_str())
+        {
+            return Err(Error::PluginRefused {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "it is already loaded in this process {}, not with the pinned sha256 {pin}; restart the process",
+                    match &done.sha256 {
+                        Some(h) => format!("with sha256 {h}"),
+                        None => "without a pin".to_string(),
+                    }
+                ),
+            });
+        }
+        return Ok(done);
     }
-    let result = open(path).map(Arc::new);
+    let result = open(path, policy).map(Arc::new);
     if let Err(e) = &result {
         log::debug!("loading {} failed: {e}", path.display());
     }
@@ -151,9 +196,170 @@ pub fn load_library(path: &Path) -> Result<Arc<PluginLibrary>> {
     result
 }
 
-fn open(path: &Path) -> Result<PluginLibrary> {
-    check_elf(path)?;
-    let header = abi::lib_header_from_path(path).map_err(|e| match e {
+fn refused(path: &Path, reason: String) -> Error {
+    Error::PluginRefused {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Ownership and write permissions of the library or its directory.
+fn check_permissions(
+    path: &Path,
+    what: &str,
+    meta: &std::fs::Metadata,
+    policy: &LoadPolicy,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let problem = if meta.uid() != me && meta.uid() != 0 {
+        Some(format!(
+            "the {what} {} is owned by uid {}, neither you (uid {me}) nor root; `chown` it",
+            path.display(),
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "the {what} {} is writable by group or others (mode {:o}); run `chmod go-w {}`",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) if policy.allow_insecure_permissions => {
+            log::warn!(
+                "loading anyway because [core] allow_insecure_plugin_permissions = true: {problem}"
+            );
+            Ok(())
+        }
+        Some(problem) => Err(refused(
+            path,
+            format!(
+                "{problem}, or set [core] allow_insecure_plugin_permissions = true to load it anyway"
+            ),
+        )),
+    }
+}
+
+/// Everything that must hold before the library's code may run. Returns the
+/// opened file: the bytes that were checked are the bytes that get loaded.
+fn guard(path: &Path, policy: &LoadPolicy) -> Result<std::fs::File> {
+    use std::io::Read;
+    let canonical = std::fs::canonicalize(path).map_err(|e| Error::PluginUnreadable {
+        path: path.to_path_buf(),
+        message: format!("cannot open it ({e})"),
+    })?;
+    if let Some(dir) = &policy.confine_to {
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if !canonical.starts_with(&dir) {
+            return Err(refused(
+                path,
+                format!(
+                    "it leads to {}, outside the plugin directory {}; install the library itself there, or name it by path",
+                    canonical.display(),
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let mut file = std::fs::File::open(&canonical).map_err(|e| Error::PluginUnreadable {
+        path: path.to_path_buf(),
+        message: format!("cannot open it ({e})"),
+    })?;
+    let meta = file.metadata().map_err(|e| Error::PluginUnreadable {
+        path: path.to_path_buf(),
+        message: format!("cannot read its metadata ({e})"),
+    })?;
+    if !meta.is_file() {
+        return Err(refused(path, "it is not a regular file".to_string()));
+    }
+    check_permissions(&canonical, "library", &meta, policy)?;
+    if let Some(dir) = canonical.parent()
+        && let Ok(dir_meta) = std::fs::metadata(dir)
+    {
+        check_permissions(dir, "directory", &dir_meta, policy)?;
+    }
+    let mut magic = [0u8; 4];
+    match file.read_exact(&mut magic) {
+        Ok(()) if magic == *b"\x7fELF" => {}
+        Ok(()) => {
+            return Err(Error::NotSharedLibrary {
+                path: path.to_path_buf(),
+                reason: "the file has no ELF header".to_string(),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(Error::NotSharedLibrary {
+                path: path.to_path_buf(),
+                reason: "the file is too short to be one".to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(Error::PluginUnreadable {
+                path: path.to_path_buf(),
+                message: format!("cannot read it ({e})"),
+            });
+        }
+    }
+    Ok(file)
+}
+
+fn sha256_of(file: &mut std::fs::File) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::{Seek, SeekFrom};
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn open(path: &Path, policy: &LoadPolicy) -> Result<PluginLibrary> {
+    use std::os::fd::AsRawFd;
+    let mut file = guard(path, policy)?;
+    let sha256 = match &policy.sha256 {
+        None => None,
+        Some(pin) => {
+            let actual = sha256_of(&mut file).map_err(|e| Error::PluginUnreadable {
+                path: path.to_path_buf(),
+                message: format!("cannot read it to hash it ({e})"),
+            })?;
+            if &actual != pin {
+                return Err(refused(
+                    path,
+                    format!(
+                        "its sha256 is {actual} but [workers] state_backend_sha256 pins {pin}; install the pinned build or update the pin"
+                    ),
+                ));
+            }
+            Some(actual)
+        }
+    };
+    // Load the file that was checked, through its open descriptor, so that
+    // swapping the path after the checks changes nothing.
+    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let load_path = if fd_path.exists() {
+        fd_path
+    } else {
+        path.to_path_buf()
+    };
+    let loaded = abi::lib_header_from_path(&load_path);
+    if !matches!(loaded, Err(LibraryError::OpenError { .. })) {
+        // The dynamic linker now knows the library by the name
+        // /proc/self/fd/N and would hand it back for any later library that
+        // got the same descriptor number: keep the descriptor open for the
+        // life of the process (libraries are never unloaded anyway).
+        std::mem::forget(file);
+    }
+    let header = loaded.map_err(|e| match e {
         LibraryError::OpenError { err, .. } => Error::NotSharedLibrary {
             path: path.to_path_buf(),
             reason: first_line(&err.to_string()),
@@ -203,29 +409,8 @@ fn open(path: &Path) -> Result<PluginLibrary> {
         path: path.to_path_buf(),
         module,
         metadata,
+        sha256,
     })
-}
-
-/// A clear error for files that are not ELF shared objects, before dlopen.
-fn check_elf(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let read = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
-    match read {
-        Ok(()) if magic == *b"\x7fELF" => Ok(()),
-        Ok(()) => Err(Error::NotSharedLibrary {
-            path: path.to_path_buf(),
-            reason: "the file has no ELF header".to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::NotSharedLibrary {
-            path: path.to_path_buf(),
-            reason: "the file is too short to be one".to_string(),
-        }),
-        Err(e) => Err(Error::PluginUnreadable {
-            path: path.to_path_buf(),
-            message: format!("cannot read it ({e})"),
-        }),
-    }
 }
 
 fn first_line(text: &str) -> String {
@@ -278,7 +463,19 @@ impl LoadedBackend {
         options: &serde_json::Value,
         config_dir: Option<&Path>,
     ) -> Result<LoadedBackend> {
-        let library = load_library(path)?;
+        LoadedBackend::construct(
+            load_library(path, &LoadPolicy::default())?,
+            options,
+            config_dir,
+        )
+    }
+
+    /// Constructs a backend from an already loaded library.
+    pub fn construct(
+        library: Arc<PluginLibrary>,
+        options: &serde_json::Value,
+        config_dir: Option<&Path>,
+    ) -> Result<LoadedBackend> {
         let name = library.metadata.name.clone();
         let context = WireHostContext {
             config_dir: config_dir.map(|d| d.display().to_string()),
@@ -389,7 +586,7 @@ pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
             message: "no such file; check [workers] state_backend".to_string(),
         });
     }
-    let library = load_library(&location.path)?;
+    let library = load_library(&location.path, &LoadPolicy::for_config(config, &location))?;
     // Options come from the section named in the config; for a path, from
     // the plugin's own name.
     let section = if location.from_plugins_dir {
@@ -404,8 +601,8 @@ pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
             library.metadata.name
         );
     }
-    LoadedBackend::load(
-        &location.path,
+    LoadedBackend::construct(
+        library,
         &config.backend_options(&section),
         Some(&config.base_dir),
     )
@@ -427,7 +624,11 @@ pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
         Some(spec) => {
             let location = resolve(spec, &config.plugins_dir, &config.base_dir)?;
             let options = config.backend_options(&location.name);
-            format!("{} with options {options}", location.path.display())
+            let pin = config.state_backend_sha256.as_deref().unwrap_or("none");
+            format!(
+                "{} with options {options} (sha256 pin: {pin})",
+                location.path.display()
+            )
         }
     };
     let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
@@ -478,7 +679,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("libstatehost_text.so");
         std::fs::write(&path, "not a library at all").unwrap();
-        let err = load_library(&path).unwrap_err();
+        let err = load_library(&path, &LoadPolicy::default()).unwrap_err();
         assert!(matches!(err, Error::NotSharedLibrary { .. }), "{err}");
         assert!(err.to_string().contains("no ELF header"), "{err}");
     }

@@ -60,6 +60,7 @@ struct RawWorkers {
     /// Airflow 3.3's spelling of `state_backend`.
     state_store_backend: Option<String>,
     state_backend_sha256: Option<String>,
+    state_backend_timeout_ms: Option<u64>,
 }
 
 /// The type a known key takes, for reading environment overrides.
@@ -77,6 +78,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("workers", "state_backend", Kind::Text),
     ("workers", "state_store_backend", Kind::Text),
     ("workers", "state_backend_sha256", Kind::Text),
+    ("workers", "state_backend_timeout_ms", Kind::Integer),
     ("database", "url", Kind::Text),
     ("state_store", "default_retention_days", Kind::Integer),
     ("state_store", "max_value_bytes", Kind::Integer),
@@ -103,6 +105,9 @@ pub struct Config {
     /// `[workers] state_backend_sha256`: the SHA-256 (lowercase hex) the
     /// backend library's bytes must have.
     pub state_backend_sha256: Option<String>,
+    /// `[workers] state_backend_timeout_ms`: the longest any backend call
+    /// may take; `None` (0 in the file) waits as long as the call takes.
+    pub state_backend_timeout: Option<std::time::Duration>,
     /// `[workers] state_backend`; `None` when empty or absent (no backend:
     /// values stay inline in the metadata store).
     pub state_backend: Option<String>,
@@ -267,6 +272,11 @@ fn resolve(
             .allow_insecure_plugin_permissions
             .unwrap_or(false),
         state_backend_sha256,
+        state_backend_timeout: raw
+            .workers
+            .state_backend_timeout_ms
+            .filter(|ms| *ms > 0)
+            .map(std::time::Duration::from_millis),
         state_backend,
         backends,
         database_url: raw

@@ -20,6 +20,7 @@ pub mod memstore;
 pub mod plugin;
 pub mod state;
 pub mod store;
+pub mod timeout;
 
 pub use error::{Error, Result};
 pub use state::{AssetState, AssetStates, GcReport, Retention, StateHost, TaskState};

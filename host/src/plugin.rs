@@ -541,14 +541,14 @@ impl StateBackend for LoadedBackend {
     fn visit_task_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
         self.backend.visit_task_state(reference, visit)
     }
     fn visit_asset_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
         self.backend.visit_asset_state(reference, visit)
     }

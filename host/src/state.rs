@@ -80,7 +80,11 @@ impl StateHost {
     pub fn open(config: &Config) -> Result<StateHost> {
         let backend = plugin::shared_backend(config)?.map(|b| {
             let name = b.metadata().name.clone();
-            (name, b as Arc<dyn StateBackend>)
+            let backend: Arc<dyn StateBackend> = match config.state_backend_timeout {
+                Some(timeout) => Arc::new(crate::timeout::TimeoutBackend::new(b, timeout)),
+                None => b,
+            };
+            (name, backend)
         });
         Ok(StateHost::from_parts(
             backend,
@@ -216,21 +220,39 @@ impl StateHost {
             Err(e) if e.kind() == statehost_plugin_api::ErrorKind::Unsupported => return Ok(None),
             Err(e) => return Err(backend_error(name, "list", "all scopes", "", e)),
         };
-        let referenced: std::collections::HashSet<String> = self
+        // An object is referenced when a row of its (scope, key) holds an
+        // envelope: references are deterministic per (scope, key), and
+        // matching on them would trust whatever the listing says.
+        let referenced: std::collections::HashSet<(Scope, String)> = self
             .inner
             .store
             .rows()?
             .into_iter()
-            .filter_map(|row| match envelope::unwrap(&row.value) {
-                Ok(Stored::Reference(r)) => Some(r.into_owned()),
-                _ => None,
+            .filter(|row| matches!(envelope::unwrap(&row.value), Ok(Stored::Reference(_))))
+            .map(|row| {
+                let scope = match row.owner {
+                    RowOwner::Task(t) => Scope::Task(t),
+                    RowOwner::Asset(a) => Scope::Asset(a),
+                };
+                (scope, row.key)
             })
             .collect();
         let grace = Duration::from_secs(self.inner.settings.orphan_grace_seconds);
         let now = SystemTime::now();
         let mut count = 0;
         for object in objects {
-            if referenced.contains(&object.reference) {
+            if object.reference.is_empty() {
+                return Err(backend_error(
+                    name,
+                    "list",
+                    &object.scope.to_string(),
+                    &object.key,
+                    BackendError::invalid_input(
+                        "its listing holds an empty reference; nothing was collected",
+                    ),
+                ));
+            }
+            if referenced.contains(&(object.scope.clone(), object.key.clone())) {
                 continue;
             }
             let young = object
@@ -326,7 +348,7 @@ impl StateHost {
         visit: impl FnOnce(
             &dyn StateBackend,
             &str,
-            &mut dyn FnMut(&str),
+            &mut dyn FnMut(&[u8]),
         ) -> std::result::Result<(), BackendError>,
     ) -> Result<Value> {
         let corrupt = |message: String| Error::Corrupt {
@@ -345,7 +367,14 @@ impl StateHost {
                 // Parse where the backend's text lies: no copy of the value.
                 let mut parsed = None;
                 visit(backend.as_ref(), &reference, &mut |json| {
-                    parsed = Some(serde_json::from_str::<Value>(json));
+                    // from_slice checks UTF-8 too: a plugin can hand over any bytes.
+                    parsed = Some(serde_json::from_slice::<Value>(json).map_err(|e| {
+                        if std::str::from_utf8(json).is_err() {
+                            "it returned bytes that are not UTF-8".to_string()
+                        } else {
+                            format!("it returned text that is not JSON ({e})")
+                        }
+                    }));
                 })
                 .map_err(|e| backend_error(name, "read", scope, key, e))?;
                 let parsed = parsed.ok_or_else(|| {
@@ -357,15 +386,13 @@ impl StateHost {
                         BackendError::other("it returned nothing"),
                     )
                 })?;
-                parsed.map_err(|e| {
+                parsed.map_err(|message| {
                     backend_error(
                         name,
                         "read",
                         scope,
                         key,
-                        BackendError::invalid_input(format!(
-                            "it returned text that is not JSON ({e})"
-                        )),
+                        BackendError::invalid_input(message),
                     )
                 })
             }

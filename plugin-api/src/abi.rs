@@ -53,7 +53,10 @@ impl From<BackendError> for AbiError {
 
 impl From<AbiError> for BackendError {
     fn from(e: AbiError) -> Self {
-        BackendError::new(ErrorKind::from_code(e.kind), owned(e.message))
+        BackendError::new(
+            ErrorKind::from_code(e.kind),
+            String::from_utf8_lossy(e.message.into_bytes().as_slice()).into_owned(),
+        )
     }
 }
 
@@ -596,22 +599,30 @@ pub fn construct(
 /// Reads and decodes a plugin's metadata.
 pub fn read_metadata(module: PluginModuleRef) -> Result<Metadata, BackendError> {
     let json = (module.metadata())();
-    serde_json::from_str(json.as_str()).map_err(|e| {
+    serde_json::from_slice(json.into_bytes().as_slice()).map_err(|e| {
         BackendError::invalid_input(format!("the plugin's metadata is not valid: {e}"))
     })
 }
 
-/// Takes a string the plugin allocated. `RString::into_string` cannot reuse
-/// a buffer from another library's allocator and falls back to copying it
-/// byte by byte (about 1 ms per MiB); one `memcpy` is all it takes.
-fn owned(s: RString) -> String {
-    s.as_str().to_owned()
+/// Takes a string the plugin made, checking that it really is UTF-8 (a
+/// broken plugin can hand over any bytes). The bytes are copied into the
+/// host's allocator: a buffer from another library's allocator cannot be
+/// adopted.
+fn owned(s: RString, what: &str) -> Result<String, BackendError> {
+    let bytes = s.into_bytes();
+    std::str::from_utf8(bytes.as_slice())
+        .map(str::to_owned)
+        .map_err(|e| {
+            BackendError::invalid_input(format!(
+                "the plugin returned {what} that is not UTF-8 ({e})"
+            ))
+        })
 }
 
-fn reference(r: ROption<RString>) -> Serialized {
+fn reference(r: ROption<RString>) -> Result<Serialized, BackendError> {
     match r {
-        ROption::RSome(r) => Serialized::Reference(owned(r)),
-        ROption::RNone => Serialized::Inline,
+        ROption::RSome(r) => owned(r, "a reference").map(Serialized::Reference),
+        ROption::RNone => Ok(Serialized::Inline),
     }
 }
 
@@ -625,16 +636,16 @@ impl StateBackend for ForeignBackend {
         self.object
             .serialize_task_state(scope.into(), key.into(), value.into())
             .into_result()
-            .map(reference)
-            .map_err(Into::into)
+            .map_err(BackendError::from)
+            .and_then(reference)
     }
 
     fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
         self.object
             .deserialize_task_state(reference.into())
             .into_result()
-            .map(owned)
-            .map_err(Into::into)
+            .map_err(BackendError::from)
+            .and_then(|text| owned(text, "a value"))
     }
 
     fn serialize_asset_state(
@@ -646,41 +657,43 @@ impl StateBackend for ForeignBackend {
         self.object
             .serialize_asset_state(scope.into(), key.into(), value.into())
             .into_result()
-            .map(reference)
-            .map_err(Into::into)
+            .map_err(BackendError::from)
+            .and_then(reference)
     }
 
     fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
         self.object
             .deserialize_asset_state(reference.into())
             .into_result()
-            .map(owned)
-            .map_err(Into::into)
+            .map_err(BackendError::from)
+            .and_then(|text| owned(text, "a value"))
     }
 
     fn visit_task_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
         let text = self
             .object
             .deserialize_task_state(reference.into())
             .into_result()?;
-        visit(text.as_str());
+        // Unchecked bytes: the caller parses them, which checks UTF-8.
+        visit(text.into_bytes().as_slice());
         Ok(())
     }
 
     fn visit_asset_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
         let text = self
             .object
             .deserialize_asset_state(reference.into())
             .into_result()?;
-        visit(text.as_str());
+        // Unchecked bytes: the caller parses them, which checks UTF-8.
+        visit(text.into_bytes().as_slice());
         Ok(())
     }
 
@@ -712,9 +725,10 @@ impl StateBackend for ForeignBackend {
             .list(request.as_str().into())
             .into_result()
             .map_err(BackendError::from)?;
-        let wire: Vec<WireObject> = serde_json::from_str(json.as_str()).map_err(|e| {
-            BackendError::invalid_input(format!("the plugin's listing is not valid JSON: {e}"))
-        })?;
+        let wire: Vec<WireObject> =
+            serde_json::from_slice(json.into_bytes().as_slice()).map_err(|e| {
+                BackendError::invalid_input(format!("the plugin's listing is not valid JSON: {e}"))
+            })?;
         wire.into_iter()
             .map(|o| {
                 Ok(StoredObject {

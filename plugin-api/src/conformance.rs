@@ -66,11 +66,11 @@ fn get(backend: &dyn StateBackend, reference: &str) -> Value {
         .unwrap_or_else(|e| panic!("deserialize {reference:?}: {e}"));
     let mut visited = None;
     backend
-        .visit_task_state(reference, &mut |t| visited = Some(t.to_string()))
+        .visit_task_state(reference, &mut |t| visited = Some(t.to_vec()))
         .unwrap_or_else(|e| panic!("visit {reference:?}: {e}"));
     assert_eq!(
         visited.as_deref(),
-        Some(text.as_str()),
+        Some(text.as_bytes()),
         "visit_task_state must lend what deserialize_task_state returns"
     );
     serde_json::from_str(&text)

@@ -277,8 +277,10 @@ pub trait StateBackend: Send + Sync {
     /// `all_map_indices` means nothing for asset scopes. Idempotent.
     fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError>;
 
-    /// Reads a task-state value and lends its JSON text to `visit`, for
-    /// callers that only parse it. The default calls
+    /// Reads a task-state value and lends its JSON text, as bytes, to
+    /// `visit`, for callers that only parse it. The bytes are not
+    /// guaranteed to be UTF-8 when they come from a plugin: parse them with
+    /// `serde_json::from_slice`, which checks. The default calls
     /// [`deserialize_task_state`](StateBackend::deserialize_task_state); a
     /// backend loaded from a plugin overrides it so that a value made in the
     /// plugin is read where it lies instead of being copied into the host's
@@ -287,9 +289,9 @@ pub trait StateBackend: Send + Sync {
     fn visit_task_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
-        visit(&self.deserialize_task_state(reference)?);
+        visit(self.deserialize_task_state(reference)?.as_bytes());
         Ok(())
     }
 
@@ -298,9 +300,9 @@ pub trait StateBackend: Send + Sync {
     fn visit_asset_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
-        visit(&self.deserialize_asset_state(reference)?);
+        visit(self.deserialize_asset_state(reference)?.as_bytes());
         Ok(())
     }
 
@@ -342,14 +344,14 @@ impl<B: StateBackend + ?Sized> StateBackend for std::sync::Arc<B> {
     fn visit_task_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
         (**self).visit_task_state(reference, visit)
     }
     fn visit_asset_state(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&str),
+        visit: &mut dyn FnMut(&[u8]),
     ) -> Result<(), BackendError> {
         (**self).visit_asset_state(reference, visit)
     }

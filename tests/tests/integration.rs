@@ -85,7 +85,8 @@ fn panics_in_a_plugin_become_errors_and_the_host_goes_on() {
         json!({"ops": {"serialize_task_state": "panic", "delete": "error"}}),
     );
     let scope = TaskScope::new("d", "r", "t", -1).unwrap();
-    for _ in 0..100 {
+    // A thousand panics in a row: each one an error, the process alive.
+    for _ in 0..1000 {
         let err = backend
             .serialize_task_state(&scope, "k", "\"v\"")
             .unwrap_err();
@@ -899,5 +900,151 @@ mod guards {
         sandbox.config("[workers]\nstate_backend = \"memory\"\nstate_backend_sha256 = \"abc\"\n");
         let output = sandbox.run(&["check"], &[]);
         assert_fails(&output, 2, &["state_backend_sha256", "64 hex digits"]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Faults injected into a plugin: each one a clear error, the next call
+// served, the store consistent.
+// ---------------------------------------------------------------------------
+
+mod faults {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use statehost::config::StateStoreSettings;
+    use statehost::plugin::LoadedBackend;
+    use statehost::store::{SqliteLocation, SqliteStore};
+    use statehost::timeout::TimeoutBackend;
+    use statehost::{Error, StateHost};
+    use statehost_plugin_api::{AssetScope, ErrorKind, StateBackend, TaskScope};
+    use statehost_tests::library;
+
+    fn faulty(ops: Value) -> Arc<dyn StateBackend> {
+        Arc::new(
+            LoadedBackend::load(library("fixture_faulty"), &json!({ "ops": ops }), None).unwrap(),
+        )
+    }
+
+    fn host(backend: Arc<dyn StateBackend>) -> StateHost {
+        StateHost::from_parts(
+            Some(("faulty".into(), backend)),
+            Box::new(SqliteStore::open(SqliteLocation::Memory).unwrap()),
+            StateStoreSettings {
+                orphan_grace_seconds: 0,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn scope() -> TaskScope {
+        TaskScope::new("dag", "run", "task", -1).unwrap()
+    }
+
+    fn backend_error(err: Error) -> (ErrorKind, String) {
+        match err {
+            Error::Backend { error, .. } => (error.kind(), error.to_string()),
+            other => panic!("expected a backend error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_row_and_the_next_call_works() {
+        for (fault, kind, says) in [
+            ("panic", ErrorKind::Panicked, "injected panic"),
+            ("error", ErrorKind::Unavailable, "injected failure"),
+            ("empty", ErrorKind::InvalidInput, "empty reference"),
+            ("non_utf8", ErrorKind::InvalidInput, "not UTF-8"),
+        ] {
+            let host = host(faulty(json!({ "serialize_task_state": fault })));
+            let state = host.task_state(scope());
+            let (got, message) = backend_error(state.set("k", &json!("v")).unwrap_err());
+            assert_eq!(got, kind, "{fault}: {message}");
+            assert!(message.contains(says), "{fault}: {message}");
+            assert!(host.rows().unwrap().is_empty(), "{fault} left a row");
+            // The next call (another operation) is served.
+            let asset = host
+                .asset_state(&AssetScope::by_name("a").unwrap())
+                .unwrap();
+            asset.set("k", &json!(1)).unwrap();
+            assert_eq!(asset.get("k").unwrap(), Some(json!(1)), "{fault}");
+        }
+    }
+
+    #[test]
+    fn a_failed_read_is_an_error_and_the_row_stays() {
+        for (fault, says) in [
+            ("malformed", "not JSON"),
+            ("non_utf8", "UTF-8"),
+            ("panic", "injected panic"),
+            ("error", "injected failure"),
+        ] {
+            let host = host(faulty(json!({ "deserialize_task_state": fault })));
+            let state = host.task_state(scope());
+            state.set("k", &json!({"v": 1})).unwrap();
+            let (_, message) = backend_error(state.get("k").unwrap_err());
+            assert!(message.contains(says), "{fault}: {message}");
+            assert_eq!(host.rows().unwrap().len(), 1, "{fault}");
+            // Deleting still works: row first, then the object.
+            state.delete("k").unwrap();
+            assert!(host.rows().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn failed_delete_and_clear_remove_rows_first_and_gc_collects_the_objects() {
+        let backend = faulty(json!({ "delete": "error", "clear": "panic" }));
+        let host = host(backend.clone());
+        let state = host.task_state(scope());
+        state.set("a", &json!(1)).unwrap();
+        state.set("b", &json!(2)).unwrap();
+        assert!(state.delete("a").is_err());
+        assert_eq!(state.get("a").unwrap(), None, "the row goes first");
+        let (kind, _) = backend_error(state.clear(false).unwrap_err());
+        assert_eq!(kind, ErrorKind::Panicked);
+        assert!(host.rows().unwrap().is_empty(), "clear removed the rows");
+        // Both objects are orphans now; this backend cannot delete, so gc
+        // reports the failure instead of claiming success.
+        assert!(host.gc(false, |_, _| {}).is_err());
+        assert_eq!(backend.list(None).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_malformed_listing_stops_gc_before_it_deletes_anything() {
+        let backend = faulty(json!({ "list": "malformed" }));
+        let host = host(backend.clone());
+        host.task_state(scope()).set("kept", &json!(1)).unwrap();
+        let message = host.gc(false, |_, _| {}).unwrap_err().to_string();
+        assert!(message.contains("empty reference"), "{message}");
+        assert_eq!(
+            host.task_state(scope()).get("kept").unwrap(),
+            Some(json!(1))
+        );
+    }
+
+    #[test]
+    fn a_slow_backend_meets_the_deadline_and_gc_collects_what_it_wrote_late() {
+        let slow = faulty(json!({ "serialize_task_state": "slow:400" }));
+        let limited: Arc<dyn StateBackend> =
+            Arc::new(TimeoutBackend::new(slow.clone(), Duration::from_millis(50)));
+        let host = host(limited);
+        let state = host.task_state(scope());
+        let (kind, message) = backend_error(state.set("k", &json!("v")).unwrap_err());
+        assert_eq!(kind, ErrorKind::Unavailable);
+        assert!(message.contains("within 50 ms"), "{message}");
+        assert!(host.rows().unwrap().is_empty());
+        // The late write lands in the background: an orphan for gc.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while slow.list(None).unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the late write never landed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let report = host.gc(false, |_, _| {}).unwrap();
+        assert_eq!(report.orphans, Some(1));
+        assert!(slow.list(None).unwrap().is_empty());
     }
 }

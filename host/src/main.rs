@@ -351,8 +351,12 @@ fn gc(config: &Config, dry_run: bool) -> Result<ExitCode, Error> {
         Some(n) => format!("{n} orphaned objects"),
         None => "orphans not checked (the backend cannot list)".to_string(),
     };
+    let swept = match report.swept {
+        Some(n) => format!(", {n} leftover temporary files"),
+        None => String::new(),
+    };
     println!(
-        "gc {verb}: {} expired rows, {} objects behind them, {orphans}",
+        "gc {verb}: {} expired rows, {} objects behind them, {orphans}{swept}",
         report.expired_rows, report.objects
     );
     Ok(ExitCode::SUCCESS)

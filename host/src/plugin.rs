@@ -561,6 +561,9 @@ impl StateBackend for LoadedBackend {
     fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
         self.backend.list(scope)
     }
+    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+        self.backend.sweep(older_than)
+    }
 }
 
 /// Loads the configured backend: resolution, library, construction, with

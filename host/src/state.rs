@@ -205,6 +205,15 @@ impl StateHost {
         }
         if let Some((name, backend)) = &self.inner.backend {
             report.orphans = self.collect_orphans(name, backend.as_ref(), dry_run)?;
+            if !dry_run {
+                let grace = Duration::from_secs(self.inner.settings.orphan_grace_seconds);
+                let older_than = SystemTime::now().checked_sub(grace).unwrap_or(UNIX_EPOCH);
+                report.swept = Some(
+                    backend
+                        .sweep(older_than)
+                        .map_err(|e| backend_error(name, "sweep", "all scopes", "", e))?,
+                );
+            }
         }
         Ok(report)
     }
@@ -428,6 +437,9 @@ pub struct GcReport {
     /// Objects no row referenced, deleted; `None` when the backend cannot
     /// list.
     pub orphans: Option<usize>,
+    /// Leftovers of interrupted writes removed (temporary files); `None` in
+    /// a dry run or without a backend.
+    pub swept: Option<usize>,
 }
 
 /// The state of one task instance.

@@ -147,4 +147,8 @@ impl StateBackend for TimeoutBackend {
         let scope = scope.cloned();
         self.call("list", move |b| b.list(scope.as_ref()))
     }
+
+    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+        self.call("sweep", move |b| b.sweep(older_than))
+    }
 }

@@ -300,6 +300,16 @@ impl WireScope {
     }
 }
 
+/// The extension operation that removes leftovers of interrupted writes.
+pub const SWEEP: &str = "sweep";
+
+/// The request of [`SWEEP`].
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SweepRequest {
+    /// Leftovers last touched before this time (ms since the epoch) go.
+    pub older_than_unix_ms: i64,
+}
+
 /// A listed object, as it travels in JSON.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct WireObject {
@@ -458,14 +468,24 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         })
     }
 
-    fn extension(&self, name: RStr<'_>, _request: RStr<'_>) -> RResult<RString, AbiError> {
-        RResult::RErr(
-            BackendError::unsupported(format!(
-                "this plugin (plugin-api {}) has no operation `{name}`",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .into(),
-        )
+    fn extension(&self, name: RStr<'_>, request: RStr<'_>) -> RResult<RString, AbiError> {
+        match name.as_str() {
+            SWEEP => guarded("sweep", || {
+                let request: SweepRequest = serde_json::from_str(request.as_str())
+                    .map_err(|e| BackendError::invalid_input(format!("bad sweep request: {e}")))?;
+                let older_than =
+                    from_ms(request.older_than_unix_ms).unwrap_or(std::time::UNIX_EPOCH);
+                let removed = self.0.sweep(older_than)?;
+                Ok(serde_json::json!({ "removed": removed }).to_string().into())
+            }),
+            other => RResult::RErr(
+                BackendError::unsupported(format!(
+                    "this plugin (plugin-api {}) has no operation `{other}`",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .into(),
+            ),
+        }
     }
 }
 
@@ -713,6 +733,31 @@ impl StateBackend for ForeignBackend {
         }
         .into_result()
         .map_err(Into::into)
+    }
+
+    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+        let request = SweepRequest {
+            older_than_unix_ms: ms_since_epoch(older_than).unwrap_or(0),
+        };
+        let request = serde_json::to_string(&request).unwrap_or_default();
+        let answer = match self
+            .object
+            .extension(SWEEP.into(), request.as_str().into())
+            .into_result()
+        {
+            Ok(answer) => answer,
+            // A plugin built before sweep existed: nothing to sweep.
+            Err(e) if ErrorKind::from_code(e.kind) == ErrorKind::Unsupported => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let answer: serde_json::Value = serde_json::from_slice(answer.into_bytes().as_slice())
+            .map_err(|e| {
+                BackendError::invalid_input(format!("the plugin's sweep answer is not JSON: {e}"))
+            })?;
+        answer["removed"]
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| BackendError::invalid_input("the plugin's sweep answer has no count"))
     }
 
     fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {

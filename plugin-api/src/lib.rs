@@ -306,6 +306,20 @@ pub trait StateBackend: Send + Sync {
         Ok(())
     }
 
+    /// Removes what interrupted writes left behind (temporary files, partial
+    /// uploads) that was last touched before `older_than`, and says how many
+    /// it removed. Optional (declare it with
+    /// [`Capabilities::with_sweep`]); the host's garbage collector calls it
+    /// with a grace period, so writes in progress are left alone.
+    ///
+    /// Added in plugin-api 1.0 through the extension entry point, as every
+    /// later operation will be: a host that asks a plugin without it gets
+    /// nothing removed, not an error.
+    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// The objects the backend holds in `scope` (every scope when `None`).
     /// Optional: backends that implement it declare
     /// [`Capabilities::LIST`]; the host's garbage collector uses it to find
@@ -363,6 +377,9 @@ impl<B: StateBackend + ?Sized> StateBackend for std::sync::Arc<B> {
     }
     fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
         (**self).list(scope)
+    }
+    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+        (**self).sweep(older_than)
     }
 }
 

@@ -11,13 +11,30 @@ pub struct Capabilities {
     /// [`StateBackend::list`](crate::StateBackend::list) is implemented: the
     /// host's garbage collector can find objects that no row references.
     pub list: bool,
+    /// [`StateBackend::sweep`](crate::StateBackend::sweep) is implemented:
+    /// the garbage collector can remove leftovers of interrupted writes.
+    pub sweep: bool,
 }
 
 impl Capabilities {
     /// No optional operations.
-    pub const NONE: Capabilities = Capabilities { list: false };
+    pub const NONE: Capabilities = Capabilities {
+        list: false,
+        sweep: false,
+    };
     /// Listing is supported.
-    pub const LIST: Capabilities = Capabilities { list: true };
+    pub const LIST: Capabilities = Capabilities {
+        list: true,
+        sweep: false,
+    };
+
+    /// These capabilities and sweeping.
+    pub const fn with_sweep(self) -> Capabilities {
+        Capabilities {
+            sweep: true,
+            ..self
+        }
+    }
 
     /// The names of the supported capabilities.
     pub fn names(&self) -> Vec<String> {
@@ -25,13 +42,18 @@ impl Capabilities {
         if self.list {
             names.push("list".to_string());
         }
+        if self.sweep {
+            names.push("sweep".to_string());
+        }
         names
     }
 
     /// Reads capability names; unknown names are ignored.
     pub fn from_names<S: AsRef<str>>(names: &[S]) -> Self {
+        let has = |name: &str| names.iter().any(|n| n.as_ref() == name);
         Capabilities {
-            list: names.iter().any(|n| n.as_ref() == "list"),
+            list: has("list"),
+            sweep: has("sweep"),
         }
     }
 }

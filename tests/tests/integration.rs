@@ -165,7 +165,7 @@ fn plugins_lists_every_library_and_goes_on_past_broken_ones() {
             .to_string()
     };
     assert!(line("memory").contains("plugin-api 1.0.0"), "{stdout}");
-    assert!(line("fs").contains("[list]"), "{stdout}");
+    assert!(line("fs").contains("[list,sweep]"), "{stdout}");
     assert!(line("changed").contains("cannot load:"), "{stdout}");
     assert!(
         line("notaplugin").contains("not a statehost plugin"),
@@ -178,7 +178,7 @@ fn plugins_lists_every_library_and_goes_on_past_broken_ones() {
     assert_eq!(listing.len(), 5);
     let fs = listing.iter().find(|p| p["name"] == "fs").unwrap();
     assert_eq!(fs["plugin_api_version"], "1.0.0");
-    assert_eq!(fs["capabilities"], json!(["list"]));
+    assert_eq!(fs["capabilities"], json!(["list", "sweep"]));
     assert!(fs["description"].as_str().unwrap().contains("file"));
     let changed = listing.iter().find(|p| p["name"] == "changed").unwrap();
     assert!(changed["error"].as_str().unwrap().contains("1.0.0"));
@@ -195,7 +195,7 @@ fn check_reports_the_loaded_backend() {
         stdout.contains("ok: backend `fs` 0.1.0 (plugin-api 1.0.0)"),
         "{stdout}"
     );
-    assert!(stdout.contains("capabilities: list"), "{stdout}");
+    assert!(stdout.contains("capabilities: list, sweep"), "{stdout}");
     assert!(
         sandbox.path().join("state").is_dir(),
         "root is relative to the config"

@@ -22,6 +22,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
@@ -172,6 +173,35 @@ impl FsBackend {
         }
     }
 
+    /// Removes temporary files (of writes a crash interrupted) last modified
+    /// before `older_than`, under `dir`.
+    fn sweep_dir(&self, dir: &Path, older_than: SystemTime, removed: &mut usize) -> io::Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let file_type = entry.file_type()?;
+            if file_type.is_dir() {
+                self.sweep_dir(&entry.path(), older_than, removed)?;
+            } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|modified| modified < older_than)
+            {
+                match fs::remove_file(entry.path()) {
+                    Ok(()) => *removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn walk(&self, dir: &Path, out: &mut Vec<StoredObject>) -> io::Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -285,13 +315,22 @@ impl StateBackend for FsBackend {
         // indices are siblings), so nothing needs filtering.
         Ok(out)
     }
+
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
+        let mut removed = 0;
+        self.sweep_dir(&self.root, older_than, &mut removed)
+            .map_err(|e| {
+                BackendError::from_io(format_args!("sweeping {}", self.root.display()), e)
+            })?;
+        Ok(removed)
+    }
 }
 
 impl BackendPlugin for FsBackend {
     const NAME: &'static str = "fs";
     const DESCRIPTION: &'static str =
         "each value a file under a root directory, written atomically (temp file, fsync, rename)";
-    const CAPABILITIES: Capabilities = Capabilities::LIST;
+    const CAPABILITIES: Capabilities = Capabilities::LIST.with_sweep();
 
     fn new(options: &Options, host: &HostContext) -> Result<Self, BackendError> {
         let options: FsOptions = options.parse(Self::NAME)?;
@@ -382,6 +421,25 @@ mod tests {
         assert!(err.message().contains("root"), "{err}");
         let err = backend(dir.path(), json!({"root": "x", "fsync": "yes"})).unwrap_err();
         assert!(err.message().contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn sweep_removes_old_temporary_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = backend(dir.path(), json!({"root": "s", "fsync": false})).unwrap();
+        let scope = TaskScope::new("d", "r", "t", 0).unwrap();
+        fs.serialize_task_state(&scope, "kept", "1").unwrap();
+        let leftover = dir.path().join("s/task/d/r/t/0/.tmp-crashed");
+        fs::write(&leftover, "half a val").unwrap();
+        let past = SystemTime::now() - std::time::Duration::from_secs(60);
+        assert_eq!(fs.sweep(past).unwrap(), 0, "too young to sweep");
+        assert_eq!(
+            fs.sweep(SystemTime::now() + std::time::Duration::from_secs(1))
+                .unwrap(),
+            1
+        );
+        assert!(!leftover.exists());
+        assert!(dir.path().join("s/task/d/r/t/0/kept").exists());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 /// The packages the tests load as plugins, and the binary they drive.
 const PACKAGES: &[&str] = &[
     "statehost",
+    "statehost-tests",
     "statehost-memory",
     "statehost-fs",
     "statehost-fixture-faulty",
@@ -28,6 +29,8 @@ pub struct Artifacts {
     pub libraries: HashMap<String, PathBuf>,
     /// The `statehost` executable.
     pub statehost: PathBuf,
+    /// The `state-worker` test helper.
+    pub worker: PathBuf,
 }
 
 /// The workspace root.
@@ -70,6 +73,7 @@ fn build(release: bool) -> Artifacts {
     );
     let mut libraries = HashMap::new();
     let mut statehost = None;
+    let mut worker = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -78,10 +82,12 @@ fn build(release: bool) -> Artifacts {
             continue;
         }
         let target = message["target"]["name"].as_str().unwrap_or_default();
-        if let Some(exe) = message["executable"].as_str()
-            && target == "statehost"
-        {
-            statehost = Some(PathBuf::from(exe));
+        if let Some(exe) = message["executable"].as_str() {
+            match target {
+                "statehost" => statehost = Some(PathBuf::from(exe)),
+                "state-worker" => worker = Some(PathBuf::from(exe)),
+                _ => {}
+            }
         }
         for file in message["filenames"].as_array().into_iter().flatten() {
             let file = file.as_str().unwrap_or_default();
@@ -93,6 +99,7 @@ fn build(release: bool) -> Artifacts {
     Artifacts {
         libraries,
         statehost: statehost.expect("cargo reported no statehost executable"),
+        worker: worker.expect("cargo reported no state-worker executable"),
     }
 }
 
@@ -202,6 +209,36 @@ impl Sandbox {
             .arg(self.path().join("statehost.toml"));
         command.args(args).envs(env.iter().copied());
         command.output().expect("run statehost")
+    }
+}
+
+/// A value that proves it was written whole: `id` repeated to `len` bytes
+/// in `pad`; see [`check_value`].
+pub fn make_value(id: &str, len: usize) -> serde_json::Value {
+    let mut pad = id.repeat(len / id.len().max(1) + 1);
+    pad.truncate(len);
+    serde_json::json!({ "id": id, "len": len, "pad": pad })
+}
+
+/// The id of a value made by [`make_value`], if it is whole.
+pub fn check_value(value: &serde_json::Value) -> Result<String, String> {
+    let id = value["id"].as_str().ok_or("no id")?;
+    let len = value["len"].as_u64().ok_or("no len")? as usize;
+    let pad = value["pad"].as_str().ok_or("no pad")?;
+    // Compare without building the expected text: values can be large.
+    let whole = !id.is_empty()
+        && pad.len() == len
+        && pad
+            .as_bytes()
+            .chunks(id.len())
+            .all(|chunk| id.as_bytes().starts_with(chunk));
+    if whole {
+        Ok(id.to_string())
+    } else {
+        Err(format!(
+            "value {id} is not whole ({} of {len} bytes)",
+            pad.len()
+        ))
     }
 }
 

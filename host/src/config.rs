@@ -514,6 +514,15 @@ mod tests {
         assert!(err.to_string().contains("whole number"), "{err}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_gives_one_line(text in "(\\[[a-z_.]{0,12}\\]\n|[a-z_]{1,20} = (\"[^\"\n]{0,10}\"|[0-9]{1,5}|true|\\[\\])\n|\\PC{0,10}\n){0,8}") {
+            if let Err(e) = parse(&text, &[]) {
+                proptest::prop_assert!(!e.to_string().contains('\n'), "{}", e);
+            }
+        }
+    }
+
     #[test]
     fn unknown_environment_keys_are_errors() {
         let err = parse("", &[("STATEHOST__WORKERS__STATE_BAKEND", "fs")]).unwrap_err();

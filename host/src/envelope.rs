@@ -110,6 +110,24 @@ mod tests {
         assert!(unwrap(r#"{"__airflow_state_ref__":[1]}"#).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_reference_survives_wrap_and_unwrap(reference in "\\PC{1,80}") {
+            let wrapped = wrap(&reference);
+            proptest::prop_assert_eq!(
+                unwrap(&wrapped).unwrap(),
+                Stored::Reference(reference.as_str().into())
+            );
+        }
+
+        #[test]
+        fn any_text_decodes_without_panicking(text in "\\PC{0,120}") {
+            if let Ok(Stored::Reference(r)) = unwrap(&text) {
+                proptest::prop_assert!(!r.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn corrupt_envelopes_are_errors() {
         assert!(

@@ -274,6 +274,49 @@ mod tests {
         }
     }
 
+    use proptest::prelude::*;
+
+    fn any_scope() -> impl Strategy<Value = Scope> {
+        // Text with separators, dots, escapes, unicode and long runs.
+        let text = "([a-z/._%+~ -]|é|日|\\.\\.){1,40}";
+        prop_oneof![
+            (text, text, text, -1i64..5).prop_filter_map("valid task", |(d, r, t, m)| {
+                TaskScope::new(d, r, t, m).ok().map(Scope::Task)
+            }),
+            text.prop_filter_map("valid asset", |n| AssetScope::by_name(n)
+                .ok()
+                .map(Scope::Asset)),
+            text.prop_filter_map("valid asset", |u| AssetScope::by_uri(u)
+                .ok()
+                .map(Scope::Asset)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_path_stays_under_the_root_and_parses_back(
+            scope in any_scope(),
+            key in "([a-z/._%+ -]|é|\\.\\.){1,60}",
+        ) {
+            let path = object_path(&scope, &key);
+            prop_assert!(!path.starts_with('/'));
+            for segment in path.split('/') {
+                prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
+            }
+            prop_assert_eq!(parse_object_path(&path), Some((scope, key)));
+        }
+
+        #[test]
+        fn distinct_scopes_and_keys_never_share_a_path(
+            a in any_scope(), ka in "[a-z/.]{1,8}",
+            b in any_scope(), kb in "[a-z/.]{1,8}",
+        ) {
+            if (&a, &ka) != (&b, &kb) {
+                prop_assert_ne!(object_path(&a, &ka), object_path(&b, &kb));
+            }
+        }
+    }
+
     #[test]
     fn clear_prefixes_nest() {
         let scope = task("d", 2);

@@ -3,7 +3,8 @@
 //! to itself, so two different (scope, key) pairs never share a path.
 #![no_main]
 
-use libfuzzer_sys::{arbitrary::Arbitrary, fuzz_target};
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
 use statehost_plugin_api::{AssetScope, Scope, TaskScope, layout, validate_key};
 
 #[derive(Debug, Arbitrary)]

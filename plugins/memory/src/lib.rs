@@ -37,7 +37,7 @@ type Shard =
 const SHARDS: usize = 16;
 
 /// Values in thread-safe hash maps, keyed by their [`layout`] path, which is
-/// also the reference. Values are spread over [`SHARDS`] maps by task (dag,
+/// also the reference. Values are spread over 16 maps by task (dag,
 /// run, task) or asset, so a clear of every map index of a task, like any
 /// single-scope operation, touches one map. (Hash maps, not ordered ones:
 /// layout paths share long prefixes, which makes every comparison in an

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 const PACKAGES: &[&str] = &[
     "statehost",
     "statehost-tests",
+    "statehost-object-store",
     "statehost-memory",
     "statehost-fs",
     "statehost-fixture-faulty",

@@ -1320,3 +1320,252 @@ mod durability {
         assert!(backend.list(None).unwrap().is_empty());
     }
 }
+
+// ---------------------------------------------------------------------------
+// The object_store plugin through its .so: memory:// and file:// always,
+// S3 (moto) and Azure Blob (Azurite) on loopback when enabled.
+// ---------------------------------------------------------------------------
+
+mod object_store {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use serde_json::{Value, json};
+    use statehost::plugin::LoadedBackend;
+    use statehost_plugin_api::{Serialized, StateBackend, TaskScope};
+    use statehost_tests::library;
+
+    const KEY_VAR: &str = "STATEHOST_TEST_OBJECT_STORE_KEY";
+
+    fn load(options: Value) -> LoadedBackend {
+        // SAFETY: every test sets the same value; set before the plugin reads it.
+        unsafe { std::env::set_var(KEY_VAR, "5a".repeat(32)) };
+        LoadedBackend::load(library("statehost_object_store"), &options, None)
+            .unwrap_or_else(|e| panic!("loading object_store with {options}: {e}"))
+    }
+
+    /// The suite, then the same with compression and encryption on; with
+    /// `shared` storage (not memory://), each reads what the other wrote.
+    fn run_suite(options: Value, shared: bool) {
+        let plain = load(options.clone());
+        statehost_plugin_api::conformance::run(&plain);
+        let mut coded = options;
+        coded["compression"] = json!("zstd");
+        coded["encryption_key_env"] = json!(KEY_VAR);
+        let coded = load(coded);
+        statehost_plugin_api::conformance::run(&coded);
+        if !shared {
+            return;
+        }
+        // What the plain instance wrote, the coded one reads: objects say how.
+        let scope = TaskScope::new("interop", "run", "t", -1).unwrap();
+        let Serialized::Reference(r) = plain.serialize_task_state(&scope, "k", "[1,2]").unwrap()
+        else {
+            panic!("stored inline")
+        };
+        assert_eq!(coded.deserialize_task_state(&r).unwrap(), "[1,2]");
+    }
+
+    #[test]
+    fn memory_urls_through_the_so() {
+        run_suite(json!({"url": "memory://"}), false);
+    }
+
+    #[test]
+    fn file_urls_through_the_so() {
+        let dir = tempfile::tempdir().unwrap();
+        run_suite(
+            json!({"url": format!("file://{}/objects", dir.path().display())}),
+            true,
+        );
+    }
+
+    /// A server process, killed when dropped.
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn wait_for(port: u16, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A bare HTTP request; returns the status line.
+    fn http(port: u16, request: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.lines().next().unwrap_or_default().to_string()
+    }
+
+    fn enabled(var: &str) -> Option<String> {
+        match std::env::var(var) {
+            Ok(command) if !command.is_empty() => Some(command),
+            _ => {
+                eprintln!("skipped: set {var} to the emulator's command to run this test");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn s3_against_moto() {
+        let Some(moto) = enabled("STATEHOST_TEST_S3") else {
+            return;
+        };
+        let port = free_port();
+        let _server = Server(
+            Command::new(moto)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start moto_server"),
+        );
+        wait_for(port, "moto");
+        let status = http(
+            port,
+            &format!(
+                "PUT /statehost-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        );
+        assert!(status.contains("200"), "creating the bucket: {status}");
+        run_suite(
+            json!({
+                "url": "s3://statehost-test/prefix",
+                "max_retries": 1,
+                "options": {
+                    "endpoint": format!("http://127.0.0.1:{port}"),
+                    "allow_http": "true",
+                    "region": "us-east-1",
+                    "access_key_id": "testing",
+                    "secret_access_key": "testing",
+                },
+            }),
+            true,
+        );
+    }
+
+    const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+    // Azurite's well-known development key (public, documented).
+    const AZURITE_KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    /// RFC 1123 date, as x-ms-date wants it.
+    fn http_date(t: SystemTime) -> String {
+        let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let weekday =
+            ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        format!(
+            "{weekday}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+            months[(month - 1) as usize],
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60
+        )
+    }
+
+    /// Creates a container with a SharedKey-signed request (the plugin, like
+    /// object_store, reads and writes blobs but does not create containers).
+    fn create_container(port: u16, container: &str) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let date = http_date(SystemTime::now());
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{container}\nrestype:container"
+        );
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(AZURITE_KEY)
+            .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        mac.update(to_sign.as_bytes());
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        http(
+            port,
+            &format!(
+                "PUT /{AZURITE_ACCOUNT}/{container}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    }
+
+    #[test]
+    fn azure_blob_against_azurite() {
+        let Some(azurite) = enabled("STATEHOST_TEST_AZURE") else {
+            return;
+        };
+        let port = free_port();
+        let data = tempfile::tempdir().unwrap();
+        let _server = Server(
+            Command::new(azurite)
+                .args([
+                    "--blobHost",
+                    "127.0.0.1",
+                    "--blobPort",
+                    &port.to_string(),
+                    "--silent",
+                    "--skipApiVersionCheck",
+                    "--loose",
+                    "--location",
+                ])
+                .arg(data.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start azurite-blob"),
+        );
+        wait_for(port, "Azurite");
+        let status = create_container(port, "statehost");
+        assert!(status.contains("201"), "creating the container: {status}");
+        run_suite(
+            json!({
+                "url": "az://statehost/prefix",
+                "max_retries": 1,
+                "options": {
+                    "azure_storage_account_name": AZURITE_ACCOUNT,
+                    "azure_storage_account_key": AZURITE_KEY,
+                    "azure_endpoint": format!("http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"),
+                    "azure_allow_http": "true",
+                },
+            }),
+            true,
+        );
+    }
+}

@@ -250,3 +250,82 @@ pub fn text(output: &Output) -> (String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A server process, killed when dropped.
+#[derive(Debug)]
+pub struct Server(pub std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits (up to a minute) until something accepts connections on `port`.
+pub fn wait_for(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not start on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Sends a raw HTTP/1.1 request to loopback; returns the status line.
+pub fn http(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// Starts moto's S3 server (`moto_server`, from PyPI) on loopback and
+/// creates `bucket`; the server stops when the returned guard drops.
+pub fn start_moto(moto_server: &str, bucket: &str) -> (Server, u16) {
+    let port = free_port();
+    let server = Server(
+        Command::new(moto_server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server"),
+    );
+    wait_for(port, "moto");
+    let status = http(
+        port,
+        &format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(status.contains("200"), "creating bucket {bucket}: {status}");
+    (server, port)
+}
+
+/// Options for the object_store plugin against a moto server.
+pub fn moto_options(port: u16, bucket: &str) -> serde_json::Value {
+    serde_json::json!({
+        "url": format!("s3://{bucket}/prefix"),
+        "max_retries": 1,
+        "options": {
+            "endpoint": format!("http://127.0.0.1:{port}"),
+            "allow_http": "true",
+            "region": "us-east-1",
+            "access_key_id": "testing",
+            "secret_access_key": "testing",
+        },
+    })
+}

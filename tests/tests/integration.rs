@@ -1327,15 +1327,13 @@ mod durability {
 // ---------------------------------------------------------------------------
 
 mod object_store {
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::process::{Command, Stdio};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     use serde_json::{Value, json};
     use statehost::plugin::LoadedBackend;
     use statehost_plugin_api::{Serialized, StateBackend, TaskScope};
-    use statehost_tests::library;
+    use statehost_tests::{Server, free_port, http, library, start_moto, wait_for};
 
     const KEY_VAR: &str = "STATEHOST_TEST_OBJECT_STORE_KEY";
 
@@ -1382,44 +1380,6 @@ mod object_store {
         );
     }
 
-    /// A server process, killed when dropped.
-    struct Server(Child);
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn wait_for(port: u16, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// A bare HTTP request; returns the status line.
-    fn http(port: u16, request: &str) -> String {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = String::new();
-        let _ = stream.read_to_string(&mut response);
-        response.lines().next().unwrap_or_default().to_string()
-    }
-
     fn enabled(var: &str) -> Option<String> {
         match std::env::var(var) {
             Ok(command) if !command.is_empty() => Some(command),
@@ -1435,37 +1395,8 @@ mod object_store {
         let Some(moto) = enabled("STATEHOST_TEST_S3") else {
             return;
         };
-        let port = free_port();
-        let _server = Server(
-            Command::new(moto)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start moto_server"),
-        );
-        wait_for(port, "moto");
-        let status = http(
-            port,
-            &format!(
-                "PUT /statehost-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            ),
-        );
-        assert!(status.contains("200"), "creating the bucket: {status}");
-        run_suite(
-            json!({
-                "url": "s3://statehost-test/prefix",
-                "max_retries": 1,
-                "options": {
-                    "endpoint": format!("http://127.0.0.1:{port}"),
-                    "allow_http": "true",
-                    "region": "us-east-1",
-                    "access_key_id": "testing",
-                    "secret_access_key": "testing",
-                },
-            }),
-            true,
-        );
+        let (_server, port) = start_moto(&moto, "statehost-test");
+        run_suite(statehost_tests::moto_options(port, "statehost-test"), true);
     }
 
     const AZURITE_ACCOUNT: &str = "devstoreaccount1";

@@ -17,6 +17,8 @@ pub mod config;
 pub mod envelope;
 mod error;
 pub mod memstore;
+#[cfg(feature = "postgres")]
+pub mod pgstore;
 pub mod plugin;
 pub mod state;
 pub mod store;

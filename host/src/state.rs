@@ -70,6 +70,19 @@ pub fn open_store(config: &Config) -> Result<Box<dyn MetadataStore>> {
     if config.database_url == "memory://" {
         return Ok(Box::new(crate::memstore::MemoryStore::new()));
     }
+    if config.database_url.starts_with("postgresql://")
+        || config.database_url.starts_with("postgres://")
+    {
+        #[cfg(feature = "postgres")]
+        return Ok(Box::new(crate::pgstore::PostgresStore::open(
+            &config.database_url,
+        )?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::Config {
+            source_name: "[database] url".to_string(),
+            message: "this build has no PostgreSQL support; rebuild statehost with the `postgres` feature".to_string(),
+        });
+    }
     let location = SqliteLocation::parse(&config.database_url, &config.base_dir)?;
     Ok(Box::new(SqliteStore::open(location)?))
 }

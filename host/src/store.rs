@@ -101,7 +101,7 @@ impl SqliteLocation {
             _ => Err(Error::Config {
                 source_name: "[database] url".to_string(),
                 message: format!(
-                    "{url:?} is not a database URL this build knows; use sqlite://<path> (relative to the config file), sqlite::memory: or memory://"
+                    "{url:?} is not a database URL this build knows; use sqlite://<path> (relative to the config file), sqlite::memory:, memory:// or postgresql://user@host/db"
                 ),
             }),
         }
@@ -736,6 +736,120 @@ pub(crate) mod suite {
     #[test]
     fn memory_store() {
         run(&crate::memstore::MemoryStore::new());
+    }
+
+    /// A fresh schema on the server named by `STATEHOST_TEST_POSTGRES_URL`,
+    /// dropped when the guard goes; `None` (and a note) when unset.
+    #[cfg(feature = "postgres")]
+    pub(crate) struct PgSchema {
+        base: String,
+        name: String,
+    }
+
+    #[cfg(feature = "postgres")]
+    impl PgSchema {
+        pub(crate) fn create(tag: &str) -> Option<PgSchema> {
+            let Ok(base) = std::env::var("STATEHOST_TEST_POSTGRES_URL") else {
+                eprintln!(
+                    "skipped: set STATEHOST_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1/test) to run against PostgreSQL"
+                );
+                return None;
+            };
+            let name = format!(
+                "statehost_{tag}_{}_{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            );
+            let mut client = postgres::Client::connect(&base, postgres::NoTls)
+                .expect("connect to STATEHOST_TEST_POSTGRES_URL");
+            client
+                .batch_execute(&format!("CREATE SCHEMA {name}"))
+                .unwrap();
+            Some(PgSchema { base, name })
+        }
+
+        /// The URL that puts every table in this schema.
+        pub(crate) fn url(&self) -> String {
+            let sep = if self.base.contains('?') { '&' } else { '?' };
+            format!("{}{sep}options=-csearch_path%3D{}", self.base, self.name)
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    impl Drop for PgSchema {
+        fn drop(&mut self) {
+            if let Ok(mut client) = postgres::Client::connect(&self.base, postgres::NoTls) {
+                let _ = client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name));
+            }
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_store() {
+        let Some(schema) = PgSchema::create("suite") else {
+            return;
+        };
+        run(&crate::pgstore::PostgresStore::open(&schema.url()).unwrap());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_workers_starting_at_once_share_one_schema() {
+        let Some(schema) = PgSchema::create("race") else {
+            return;
+        };
+        let url = schema.url();
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| crate::pgstore::PostgresStore::open(&url).unwrap());
+            }
+        });
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let versions: i64 = client
+            .query_one(
+                "SELECT count(*) FROM statehost_meta WHERE name = 'schema_version'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(versions, 1);
+        client
+            .batch_execute("UPDATE statehost_meta SET value = '99' WHERE name = 'schema_version'")
+            .unwrap();
+        let err = crate::pgstore::PostgresStore::open(&url)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_errors_are_one_clear_line() {
+        // Nothing listens on port 1.
+        let err = crate::pgstore::PostgresStore::open("postgresql://statehost@127.0.0.1:1/nowhere")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot reach") && !err.contains('\n'), "{err}");
+        let Ok(base) = std::env::var("STATEHOST_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_username("statehost_no_such_user").unwrap();
+        let err = crate::pgstore::PostgresStore::open(url.as_str())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("statehost_no_such_user") && !err.contains('\n'),
+            "{err}"
+        );
+        let err = crate::pgstore::PostgresStore::open("postgresql://a:secret@127.0.0.1:1/x")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret"), "the password leaked: {err}");
     }
 
     #[test]

@@ -1267,6 +1267,149 @@ mod durability {
         assert!(rows_with_keys > 0);
     }
 
+    /// A schema of its own on `STATEHOST_TEST_POSTGRES_URL`, dropped after.
+    struct PgSchema {
+        base: String,
+        name: String,
+    }
+
+    impl PgSchema {
+        fn create() -> Option<PgSchema> {
+            let Ok(base) = std::env::var("STATEHOST_TEST_POSTGRES_URL") else {
+                eprintln!(
+                    "skipped: set STATEHOST_TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1/test) to run against PostgreSQL"
+                );
+                return None;
+            };
+            let name = format!("statehost_workers_{}", std::process::id());
+            let mut client = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+            client
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+                ))
+                .unwrap();
+            Some(PgSchema { base, name })
+        }
+
+        fn url(&self) -> String {
+            let sep = if self.base.contains('?') { '&' } else { '?' };
+            format!("{}{sep}options=-csearch_path%3D{}", self.base, self.name)
+        }
+    }
+
+    impl Drop for PgSchema {
+        fn drop(&mut self) {
+            if let Ok(mut client) = postgres::Client::connect(&self.base, postgres::NoTls) {
+                let _ = client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name));
+            }
+        }
+    }
+
+    #[test]
+    fn four_workers_share_one_postgresql_database() {
+        let Some(schema) = PgSchema::create() else {
+            return;
+        };
+        let sandbox = Sandbox::with_plugins(&[("statehost_fs", "fs")]);
+        let config = sandbox.config(&format!(
+            "[workers]\nstate_backend = \"fs\"\n\n[database]\nurl = \"{}\"\n\n[state_store]\norphan_grace_seconds = 0\n\n[backends.fs]\nroot = \"objects\"\nfsync = false\n",
+            schema.url()
+        ));
+        let workers: Vec<_> = ["w0", "w1", "w2", "w3"]
+            .iter()
+            .map(|w| {
+                let log = sandbox.path().join(format!("{w}.log"));
+                let child = worker(&config)
+                    .args(["hammer", w, "2", "1000"])
+                    .arg(&log)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (child, log)
+            })
+            .collect();
+        let mut acked: HashMap<String, Vec<String>> = HashMap::new();
+        for (child, log) in workers {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "a worker failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            for line in std::fs::read_to_string(log).unwrap().lines() {
+                let (key, id) = line.split_once('\t').unwrap();
+                acked
+                    .entry(key.to_string())
+                    .or_default()
+                    .push(id.to_string());
+            }
+        }
+
+        // This process is a fifth worker: same database, same fs root.
+        let backend: Arc<dyn StateBackend> = Arc::new(
+            LoadedBackend::load(
+                library("statehost_fs"),
+                &json!({"root": sandbox.path().join("objects")}),
+                None,
+            )
+            .unwrap(),
+        );
+        let store = statehost::pgstore::PostgresStore::open(&schema.url()).unwrap();
+        let settings = StateStoreSettings {
+            orphan_grace_seconds: 0,
+            ..Default::default()
+        };
+        let host = StateHost::from_parts(
+            Some(("fs".into(), backend.clone())),
+            Box::new(store),
+            settings,
+        );
+        let state = host.task_state(scope());
+        for (key, ids) in &acked {
+            let now = state.get(key).unwrap().map(|v| check_value(&v).unwrap());
+            if key.starts_with('s') {
+                let now = now.unwrap_or_else(|| panic!("{key} was written and never deleted"));
+                assert!(
+                    ids.contains(&now),
+                    "{key} holds {now}, which no worker wrote"
+                );
+            } else {
+                let last = ids.last().unwrap();
+                assert_eq!(
+                    now,
+                    (last != "-").then(|| last.clone()),
+                    "{key}: an acknowledged write was lost"
+                );
+            }
+        }
+        // No row points at nothing.
+        for row in host.rows().unwrap() {
+            if let RowOwner::Task(t) = &row.owner
+                && t.task_id() != "expiring"
+            {
+                host.task_state(t.clone())
+                    .get(&row.key)
+                    .unwrap_or_else(|e| panic!("{t} {:?}: {e}", row.key));
+            }
+        }
+        // What the workers let expire, gc here collects, rows and objects.
+        let expiring = Scope::Task(TaskScope::new("crash_dag", "run", "expiring", -1).unwrap());
+        let objects_before = backend.list(Some(&expiring)).unwrap().len();
+        assert!(
+            objects_before >= 4 * 2 * (1000 / 50),
+            "{objects_before} expiring objects"
+        );
+        let report = host.gc(false, |_, _| {}).unwrap();
+        assert_eq!(report.expired_rows, objects_before);
+        assert!(backend.list(Some(&expiring)).unwrap().is_empty());
+        assert!(
+            host.rows()
+                .unwrap()
+                .iter()
+                .all(|r| !matches!(&r.owner, RowOwner::Task(t) if t.task_id() == "expiring"))
+        );
+    }
+
     #[test]
     fn a_100_mib_value_passes_through_the_fs_backend_in_bounded_memory() {
         let sandbox = Sandbox::with_plugins(&[("statehost_fs", "fs")]);

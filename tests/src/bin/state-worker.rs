@@ -7,7 +7,9 @@
 //! state-worker CONFIG hammer WORKER THREADS OPS LOG
 //!     THREADS threads, OPS operations each, on shared keys s0..s19 and
 //!     keys of their own; every read is checked; each acknowledged write is
-//!     appended to LOG as `key<TAB>id`; exit 1 on any error
+//!     appended to LOG as `key<TAB>id`; every 50 operations a thread also
+//!     fills and clears a scratch task of its own, and writes a key of the
+//!     `expiring` task that expires at once; exit 1 on any error
 //! state-worker CONFIG big MIB
 //!     sets and reads back one value of MIB MiB, prints peak RSS in KiB
 //! ```
@@ -73,8 +75,38 @@ fn hammer(
                     let mut rng =
                         Rng(((t as u64 + 1) * 0x9e37_79b9) ^ u64::from(std::process::id()));
                     let state = host.task_state(scope());
+                    let scratch = host.task_state(
+                        TaskScope::new("crash_dag", "run", format!("{worker}-t{t}-scratch"), -1)
+                            .map_err(|e| e.to_string())?,
+                    );
+                    let expiring = host.task_state(
+                        TaskScope::new("crash_dag", "run", "expiring", -1)
+                            .map_err(|e| e.to_string())?,
+                    );
                     let mut acks = Vec::new();
                     for n in 0..ops {
+                        if n % 50 == 49 {
+                            for k in 0..3 {
+                                scratch
+                                    .set(&format!("x{k}"), &make_value("scratch", 16))
+                                    .map_err(|e| format!("scratch set: {e}"))?;
+                            }
+                            scratch.clear(false).map_err(|e| format!("clear: {e}"))?;
+                            if scratch
+                                .get("x0")
+                                .map_err(|e| format!("scratch get: {e}"))?
+                                .is_some()
+                            {
+                                return Err("a cleared key is still there".to_string());
+                            }
+                            expiring
+                                .set_with_retention(
+                                    &format!("{worker}-t{t}-{n}"),
+                                    &make_value("expiring", 32),
+                                    statehost::Retention::For(std::time::Duration::ZERO),
+                                )
+                                .map_err(|e| format!("expiring set: {e}"))?;
+                        }
                         let key = if rng.below(2) == 0 {
                             format!("s{}", rng.below(20))
                         } else {

@@ -5,7 +5,10 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Transaction};
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement, Transaction};
 use statehost_plugin_api::{AssetIdentity, AssetScope, TaskScope};
 
 use crate::error::{Error, Result};
@@ -52,12 +55,59 @@ CREATE TABLE IF NOT EXISTS asset_state (
 );
 ";
 
+/// A pooled connection with its prepared statements: each statement is
+/// parsed once per connection, so a call costs one round trip, not two.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> std::result::Result<Option<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> std::result::Result<u64, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.execute(&statement, params)
+    }
+}
+
 /// The PostgreSQL store: a small pool of connections.
 pub struct PostgresStore {
     config: postgres::Config,
     /// The URL without its password, for messages.
     display: String,
-    pool: Mutex<Vec<Client>>,
+    pool: Mutex<Vec<Conn>>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -113,19 +163,23 @@ impl PostgresStore {
             display,
             pool: Mutex::new(Vec::new()),
         };
-        let mut client = store.connect()?;
-        store.migrate(&mut client)?;
+        let mut conn = store.connect()?;
+        store.migrate(&mut conn.client)?;
         store
             .pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(client);
+            .push(conn);
         Ok(store)
     }
 
-    fn connect(&self) -> Result<Client> {
-        self.config.connect(NoTls).map_err(|e| Error::Store {
+    fn connect(&self) -> Result<Conn> {
+        let client = self.config.connect(NoTls).map_err(|e| Error::Store {
             message: describe(&self.display, &e),
+        })?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
         })
     }
 
@@ -171,19 +225,19 @@ impl PostgresStore {
     fn with<T>(
         &self,
         what: &str,
-        mut f: impl FnMut(&mut Client) -> std::result::Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Conn) -> std::result::Result<T, postgres::Error>,
     ) -> Result<T> {
         for attempt in 0..2 {
             let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut client = match pooled {
-                Some(client) if !client.is_closed() => client,
+            let mut conn = match pooled {
+                Some(conn) if !conn.client.is_closed() => conn,
                 _ => self.connect()?,
             };
-            match f(&mut client) {
+            match f(&mut conn) {
                 Ok(value) => {
                     let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
                     if pool.len() < POOL_SIZE {
-                        pool.push(client);
+                        pool.push(conn);
                     }
                     return Ok(value);
                 }
@@ -401,7 +455,7 @@ impl MetadataStore for PostgresStore {
 
     fn resolve_asset(&self, asset: &AssetScope) -> Result<AssetScope> {
         let outcome = self.with("resolving the asset", |c| {
-            let mut tx = c.transaction()?;
+            let mut tx = c.client.transaction()?;
             let outcome = resolve(&mut tx, asset)?;
             tx.commit()?;
             Ok(outcome)
@@ -411,7 +465,7 @@ impl MetadataStore for PostgresStore {
 
     fn get_asset(&self, asset: &AssetScope, key: &str) -> Result<Option<String>> {
         self.with("reading asset state", |c| {
-            let Some(id) = asset_id(c, asset)? else {
+            let Some(id) = asset_id(&mut c.client, asset)? else {
                 return Ok(None);
             };
             Ok(c.query_opt(
@@ -424,7 +478,7 @@ impl MetadataStore for PostgresStore {
 
     fn put_asset(&self, asset: &AssetScope, key: &str, value: &str, now: i64) -> Result<()> {
         let written = self.with("writing asset state", |c| {
-            let Some(id) = asset_id(c, asset)? else { return Ok(false) };
+            let Some(id) = asset_id(&mut c.client, asset)? else { return Ok(false) };
             c.execute(
                 "INSERT INTO asset_state (asset_id, key, value, updated_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (asset_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -443,7 +497,7 @@ impl MetadataStore for PostgresStore {
 
     fn delete_asset(&self, asset: &AssetScope, key: &str) -> Result<Option<String>> {
         self.with("deleting asset state", |c| {
-            let Some(id) = asset_id(c, asset)? else {
+            let Some(id) = asset_id(&mut c.client, asset)? else {
                 return Ok(None);
             };
             Ok(c.query_opt(
@@ -456,7 +510,7 @@ impl MetadataStore for PostgresStore {
 
     fn clear_asset(&self, asset: &AssetScope) -> Result<usize> {
         self.with("clearing asset state", |c| {
-            let Some(id) = asset_id(c, asset)? else {
+            let Some(id) = asset_id(&mut c.client, asset)? else {
                 return Ok(0);
             };
             Ok(c.execute("DELETE FROM asset_state WHERE asset_id = $1", &[&id])? as usize)

@@ -1115,6 +1115,68 @@ mod durability {
         TaskScope::new("crash_dag", "run", "task", -1).unwrap()
     }
 
+    /// Runs `hammer` workers (one process each) and collects every write
+    /// they acknowledged, per key, in order.
+    fn hammer(
+        sandbox: &Sandbox,
+        config: &Path,
+        workers: &[&str],
+        threads: usize,
+        ops: usize,
+    ) -> HashMap<String, Vec<String>> {
+        let children: Vec<_> = workers
+            .iter()
+            .map(|w| {
+                let log = sandbox.path().join(format!("{w}.log"));
+                let child = worker(config)
+                    .args(["hammer", w, &threads.to_string(), &ops.to_string()])
+                    .arg(&log)
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (child, log)
+            })
+            .collect();
+        let mut acked: HashMap<String, Vec<String>> = HashMap::new();
+        for (child, log) in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "a worker failed (no error may reach the caller, \"database is locked\" included): {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            for line in std::fs::read_to_string(log).unwrap().lines() {
+                let (key, id) = line.split_once('\t').unwrap();
+                acked
+                    .entry(key.to_string())
+                    .or_default()
+                    .push(id.to_string());
+            }
+        }
+        acked
+    }
+
+    /// Every acknowledged write stands: a key of one thread holds its last
+    /// write (or nothing after its last delete); a shared key holds a value
+    /// some worker wrote, whole.
+    fn check_acknowledged(host: &StateHost, acked: &HashMap<String, Vec<String>>) {
+        let state = host.task_state(scope());
+        for (key, ids) in acked {
+            let now = state.get(key).unwrap().map(|v| check_value(&v).unwrap());
+            if key.starts_with('s') {
+                let now = now.unwrap_or_else(|| panic!("{key} was written and never deleted"));
+                assert!(
+                    ids.contains(&now),
+                    "{key} holds {now}, which no worker wrote"
+                );
+            } else {
+                let last = ids.last().unwrap();
+                let expected = (last != "-").then(|| last.clone());
+                assert_eq!(now, expected, "{key}: an acknowledged write was lost");
+            }
+        }
+    }
+
     #[test]
     fn killed_writers_leave_whole_values_and_a_sound_database() {
         let sandbox = Sandbox::with_plugins(&[("statehost_fs", "fs")]);
@@ -1209,55 +1271,10 @@ mod durability {
         let config = sandbox
             .config(&FS_CONFIG.replace("root = \"objects\"", "root = \"objects\"\nfsync = false"));
         let (threads, ops) = (4, 2500);
-        let workers: Vec<_> = ["w0", "w1"]
-            .iter()
-            .map(|w| {
-                let log = sandbox.path().join(format!("{w}.log"));
-                let child = worker(&config)
-                    .args(["hammer", w, &threads.to_string(), &ops.to_string()])
-                    .arg(&log)
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                (child, log)
-            })
-            .collect();
-        let mut acked: HashMap<String, Vec<String>> = HashMap::new();
-        for (child, log) in workers {
-            let output = child.wait_with_output().unwrap();
-            assert!(
-                output.status.success(),
-                "a worker failed (no error may reach the caller, \"database is locked\" included): {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            for line in std::fs::read_to_string(log).unwrap().lines() {
-                let (key, id) = line.split_once('\t').unwrap();
-                acked
-                    .entry(key.to_string())
-                    .or_default()
-                    .push(id.to_string());
-            }
-        }
+        let acked = hammer(&sandbox, &config, &["w0", "w1"], threads, ops);
         assert_eq!(2 * threads * ops, 20_000, "operations in all");
-
         let (host, _) = open(sandbox.path());
-        let state = host.task_state(scope());
-        for (key, ids) in &acked {
-            let now = state.get(key).unwrap().map(|v| check_value(&v).unwrap());
-            if key.starts_with('s') {
-                // Shared keys: the last write of some worker wins; it was acknowledged.
-                let now = now.unwrap_or_else(|| panic!("{key} was written and never deleted"));
-                assert!(
-                    ids.contains(&now),
-                    "{key} holds {now}, which no worker wrote"
-                );
-            } else {
-                // A key of one thread: its last acknowledged write stands.
-                let last = ids.last().unwrap();
-                let expected = (last != "-").then(|| last.clone());
-                assert_eq!(now, expected, "{key}: an acknowledged write was lost");
-            }
-        }
+        check_acknowledged(&host, &acked);
         let rows_with_keys = host
             .rows()
             .unwrap()
@@ -1315,35 +1332,7 @@ mod durability {
             "[workers]\nstate_backend = \"fs\"\n\n[database]\nurl = \"{}\"\n\n[state_store]\norphan_grace_seconds = 0\n\n[backends.fs]\nroot = \"objects\"\nfsync = false\n",
             schema.url()
         ));
-        let workers: Vec<_> = ["w0", "w1", "w2", "w3"]
-            .iter()
-            .map(|w| {
-                let log = sandbox.path().join(format!("{w}.log"));
-                let child = worker(&config)
-                    .args(["hammer", w, "2", "1000"])
-                    .arg(&log)
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                (child, log)
-            })
-            .collect();
-        let mut acked: HashMap<String, Vec<String>> = HashMap::new();
-        for (child, log) in workers {
-            let output = child.wait_with_output().unwrap();
-            assert!(
-                output.status.success(),
-                "a worker failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            for line in std::fs::read_to_string(log).unwrap().lines() {
-                let (key, id) = line.split_once('\t').unwrap();
-                acked
-                    .entry(key.to_string())
-                    .or_default()
-                    .push(id.to_string());
-            }
-        }
+        let acked = hammer(&sandbox, &config, &["w0", "w1", "w2", "w3"], 2, 1000);
 
         // This process is a fifth worker: same database, same fs root.
         let backend: Arc<dyn StateBackend> = Arc::new(
@@ -1364,24 +1353,7 @@ mod durability {
             Box::new(store),
             settings,
         );
-        let state = host.task_state(scope());
-        for (key, ids) in &acked {
-            let now = state.get(key).unwrap().map(|v| check_value(&v).unwrap());
-            if key.starts_with('s') {
-                let now = now.unwrap_or_else(|| panic!("{key} was written and never deleted"));
-                assert!(
-                    ids.contains(&now),
-                    "{key} holds {now}, which no worker wrote"
-                );
-            } else {
-                let last = ids.last().unwrap();
-                assert_eq!(
-                    now,
-                    (last != "-").then(|| last.clone()),
-                    "{key}: an acknowledged write was lost"
-                );
-            }
-        }
+        check_acknowledged(&host, &acked);
         // No row points at nothing.
         for row in host.rows().unwrap() {
             if let RowOwner::Task(t) = &row.owner

@@ -1,17 +1,17 @@
-//! The ABI layer: `abi_stable` types that cross the plugin boundary, the glue
-//! that turns a [`BackendPlugin`] into them (plugin side), and the wrapper
-//! that turns them back into a [`StateBackend`] (host side).
+//! The boundary: the `abi_stable` types that cross it, and the plugin's
+//! half of it (the glue that exports a [`BackendPlugin`] as those types).
+//! The host's half lives in the host.
 //!
 //! Nothing here is part of the public API; it is reachable only through
-//! `__private` for the export macro and the host.
+//! `__private`, for the export macro and the host.
 //!
-//! # Layout rules (v1)
+//! # Layout rules (2.x)
 //!
 //! The layout of [`PluginModule`] and [`AbiBackend`] is frozen for every
-//! 1.x release. Later operations travel through [`AbiBackend::extension`]
+//! 2.x release. Later operations travel through [`AbiBackend::extension`]
 //! (a name and a JSON request, a JSON answer) and are advertised as
-//! capability names in the metadata JSON; option and context structs travel
-//! as JSON. A 1.x host therefore loads every 1.y plugin, whichever is newer.
+//! capability names in the metadata; option and context structs travel as
+//! JSON. A 2.x host therefore loads every 2.y plugin.
 
 // `#[sabi_trait]` and the prefix-type derive generate impls inside consts and
 // types without `Debug`; neither is ours to change.
@@ -19,6 +19,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Once, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use abi_stable::{
     StableAbi,
@@ -29,9 +30,10 @@ use abi_stable::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::scope::TaskRef;
 use crate::{
-    AssetScope, BackendError, BackendPlugin, ErrorKind, HostContext, Metadata, Options, Scope,
-    Serialized, StateBackend, StoredObject, TaskScope,
+    AssetIdentity, BackendError, BackendPlugin, ErrorKind, HostContext, Metadata, Options,
+    ScopeRef, Serialized, StateBackend, StateKey, WriteId,
 };
 
 /// An error crossing the boundary: a stable numeric kind and the message.
@@ -51,70 +53,138 @@ impl From<BackendError> for AbiError {
     }
 }
 
-impl From<AbiError> for BackendError {
-    fn from(e: AbiError) -> Self {
+impl AbiError {
+    /// The error's kind (unknown codes read as [`ErrorKind::Other`]).
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::from_code(self.kind)
+    }
+
+    /// The error as the host sees it. The message is checked for UTF-8: a
+    /// broken plugin can hand over any bytes.
+    pub fn into_error(self) -> BackendError {
+        let kind = self.kind();
         BackendError::new(
-            ErrorKind::from_code(e.kind),
-            String::from_utf8_lossy(e.message.into_bytes().as_slice()).into_owned(),
+            kind,
+            String::from_utf8_lossy(self.message.into_bytes().as_slice()).into_owned(),
         )
     }
 }
 
-/// A task scope, borrowed.
+const TASK: u8 = 0;
+const ASSET_NAME: u8 = 1;
+const ASSET_URI: u8 = 2;
+
+/// A scope, borrowed: a task's four fields, or an asset's identity in
+/// `first` (then `run_id` and `task_id` are empty).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
-pub struct AbiTaskScope<'a> {
-    dag_id: RStr<'a>,
+pub struct AbiScope<'a> {
+    kind: u8,
+    first: RStr<'a>,
     run_id: RStr<'a>,
     task_id: RStr<'a>,
     map_index: i64,
 }
 
-impl<'a> From<&'a TaskScope> for AbiTaskScope<'a> {
-    fn from(s: &'a TaskScope) -> Self {
-        AbiTaskScope {
-            dag_id: s.dag_id().into(),
-            run_id: s.run_id().into(),
-            task_id: s.task_id().into(),
-            map_index: s.map_index(),
+impl<'a> From<ScopeRef<'a>> for AbiScope<'a> {
+    fn from(scope: ScopeRef<'a>) -> Self {
+        match scope {
+            ScopeRef::Task(t) => AbiScope {
+                kind: TASK,
+                first: t.dag_id().into(),
+                run_id: t.run_id().into(),
+                task_id: t.task_id().into(),
+                map_index: t.map_index(),
+            },
+            ScopeRef::Asset(identity) => {
+                let (kind, id) = match identity {
+                    AssetIdentity::Name(name) => (ASSET_NAME, name),
+                    AssetIdentity::Uri(uri) => (ASSET_URI, uri),
+                };
+                AbiScope {
+                    kind,
+                    first: id.into(),
+                    run_id: RStr::empty(),
+                    task_id: RStr::empty(),
+                    map_index: -1,
+                }
+            }
         }
     }
 }
 
-impl AbiTaskScope<'_> {
-    fn to_scope(self) -> Result<TaskScope, BackendError> {
-        TaskScope::new(
-            self.dag_id.as_str(),
-            self.run_id.as_str(),
-            self.task_id.as_str(),
-            self.map_index,
-        )
+impl<'a> AbiScope<'a> {
+    /// The scope the host sent. The host validated it, so it is rebuilt
+    /// without copying or checking again.
+    fn to_scope(self) -> Result<ScopeRef<'a>, BackendError> {
+        Ok(match self.kind {
+            TASK => ScopeRef::Task(TaskRef::trusted(
+                self.first.as_str(),
+                self.run_id.as_str(),
+                self.task_id.as_str(),
+                self.map_index,
+            )),
+            ASSET_NAME => ScopeRef::Asset(AssetIdentity::Name(self.first.as_str())),
+            ASSET_URI => ScopeRef::Asset(AssetIdentity::Uri(self.first.as_str())),
+            other => {
+                return Err(BackendError::invalid_input(format!(
+                    "unknown scope kind {other} (a host newer than this plugin?)"
+                )));
+            }
+        })
     }
 }
 
-/// An asset scope, borrowed.
+/// A write id, as two halves.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
-pub struct AbiAssetScope<'a> {
-    name: ROption<RStr<'a>>,
-    uri: ROption<RStr<'a>>,
+pub struct AbiWriteId {
+    high: u64,
+    low: u64,
 }
 
-impl<'a> From<&'a AssetScope> for AbiAssetScope<'a> {
-    fn from(s: &'a AssetScope) -> Self {
-        AbiAssetScope {
-            name: s.name().map(RStr::from).into(),
-            uri: s.uri().map(RStr::from).into(),
+impl From<WriteId> for AbiWriteId {
+    fn from(id: WriteId) -> Self {
+        let bits = id.as_u128();
+        AbiWriteId {
+            high: (bits >> 64) as u64,
+            low: bits as u64,
         }
     }
 }
 
-impl AbiAssetScope<'_> {
-    fn to_scope(self) -> Result<AssetScope, BackendError> {
-        AssetScope::new(
-            self.name.into_option().map(|s| s.as_str().to_owned()),
-            self.uri.into_option().map(|s| s.as_str().to_owned()),
-        )
+impl AbiWriteId {
+    fn to_write_id(self) -> Result<WriteId, BackendError> {
+        WriteId::from_u128((u128::from(self.high) << 64) | u128::from(self.low)).ok_or_else(|| {
+            BackendError::invalid_input("the host sent a write id that is not a UUIDv7")
+        })
+    }
+}
+
+/// The scope and key a reference must belong to, when the host knows them.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct AbiOwner<'a> {
+    scope: AbiScope<'a>,
+    key: RStr<'a>,
+}
+
+impl<'a> From<StateKey<'a>> for AbiOwner<'a> {
+    fn from(at: StateKey<'a>) -> Self {
+        AbiOwner {
+            scope: at.scope.into(),
+            key: at.key.into(),
+        }
+    }
+}
+
+fn owner(owner: ROption<AbiOwner<'_>>) -> Result<Option<StateKey<'_>>, BackendError> {
+    match owner {
+        ROption::RSome(o) => Ok(Some(StateKey {
+            scope: o.scope.to_scope()?,
+            key: o.key.as_str(),
+        })),
+        ROption::RNone => Ok(None),
     }
 }
 
@@ -122,40 +192,38 @@ impl AbiAssetScope<'_> {
 #[sabi_trait]
 pub trait AbiBackend: Send + Sync {
     /// `RNone` means "keep inline".
-    fn serialize_task_state(
+    fn serialize(
         &self,
-        scope: AbiTaskScope<'_>,
+        scope: AbiScope<'_>,
         key: RStr<'_>,
+        write_id: AbiWriteId,
         value: RStr<'_>,
     ) -> RResult<ROption<RString>, AbiError>;
 
-    fn deserialize_task_state(&self, reference: RStr<'_>) -> RResult<RString, AbiError>;
-
-    fn serialize_asset_state(
+    fn deserialize(
         &self,
-        scope: AbiAssetScope<'_>,
-        key: RStr<'_>,
-        value: RStr<'_>,
-    ) -> RResult<ROption<RString>, AbiError>;
+        reference: RStr<'_>,
+        owner: ROption<AbiOwner<'_>>,
+    ) -> RResult<RString, AbiError>;
 
-    fn deserialize_asset_state(&self, reference: RStr<'_>) -> RResult<RString, AbiError>;
-
-    fn delete_task_state(&self, scope: AbiTaskScope<'_>, key: RStr<'_>) -> RResult<(), AbiError>;
-
-    fn delete_asset_state(&self, scope: AbiAssetScope<'_>, key: RStr<'_>) -> RResult<(), AbiError>;
-
-    fn clear_task_state(
+    fn delete_object(
         &self,
-        scope: AbiTaskScope<'_>,
-        all_map_indices: bool,
-    ) -> RResult<(), AbiError>;
+        reference: RStr<'_>,
+        owner: ROption<AbiOwner<'_>>,
+    ) -> RResult<bool, AbiError>;
 
-    fn clear_asset_state(&self, scope: AbiAssetScope<'_>) -> RResult<(), AbiError>;
+    fn delete(&self, scope: AbiScope<'_>, key: RStr<'_>) -> RResult<(), AbiError>;
+
+    fn clear(&self, scope: AbiScope<'_>, all_map_indices: bool) -> RResult<(), AbiError>;
 
     /// JSON [`ListRequest`] in, JSON `Vec<WireObject>` out.
     fn list(&self, request: RStr<'_>) -> RResult<RString, AbiError>;
 
-    /// Operations added after 1.0: a name and a JSON request. A plugin
+    /// Leftovers older than this many ms since the epoch go; answers how
+    /// many went.
+    fn sweep(&self, older_than_unix_ms: i64) -> RResult<u64, AbiError>;
+
+    /// Operations added after 2.0: a name and a JSON request. A plugin
     /// answers an [`ErrorKind::Unsupported`] error for names it does not know.
     #[sabi(last_prefix_field)]
     fn extension(&self, name: RStr<'_>, request: RStr<'_>) -> RResult<RString, AbiError>;
@@ -246,7 +314,7 @@ pub struct ListRequest {
 }
 
 /// A scope, as it travels in JSON.
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WireScope {
     /// Task state.
@@ -260,73 +328,72 @@ pub enum WireScope {
         /// map index
         map_index: i64,
     },
-    /// Asset state.
-    Asset {
-        /// name
-        name: Option<String>,
-        /// uri
-        uri: Option<String>,
+    /// Asset state, by name.
+    AssetName {
+        /// the asset's name
+        name: String,
+    },
+    /// Asset state, by uri.
+    AssetUri {
+        /// the asset's uri
+        uri: String,
     },
 }
 
-impl From<&Scope> for WireScope {
-    fn from(s: &Scope) -> Self {
+impl From<ScopeRef<'_>> for WireScope {
+    fn from(s: ScopeRef<'_>) -> Self {
         match s {
-            Scope::Task(t) => WireScope::Task {
+            ScopeRef::Task(t) => WireScope::Task {
                 dag_id: t.dag_id().into(),
                 run_id: t.run_id().into(),
                 task_id: t.task_id().into(),
                 map_index: t.map_index(),
             },
-            Scope::Asset(a) => WireScope::Asset {
-                name: a.name().map(Into::into),
-                uri: a.uri().map(Into::into),
-            },
+            ScopeRef::Asset(AssetIdentity::Name(name)) => {
+                WireScope::AssetName { name: name.into() }
+            }
+            ScopeRef::Asset(AssetIdentity::Uri(uri)) => WireScope::AssetUri { uri: uri.into() },
         }
     }
 }
 
 impl WireScope {
-    fn into_scope(self) -> Result<Scope, BackendError> {
-        Ok(match self {
+    fn as_scope(&self) -> ScopeRef<'_> {
+        match self {
             WireScope::Task {
                 dag_id,
                 run_id,
                 task_id,
                 map_index,
-            } => Scope::Task(TaskScope::new(dag_id, run_id, task_id, map_index)?),
-            WireScope::Asset { name, uri } => Scope::Asset(AssetScope::new(name, uri)?),
-        })
+            } => ScopeRef::Task(TaskRef::trusted(dag_id, run_id, task_id, *map_index)),
+            WireScope::AssetName { name } => ScopeRef::Asset(AssetIdentity::Name(name)),
+            WireScope::AssetUri { uri } => ScopeRef::Asset(AssetIdentity::Uri(uri)),
+        }
     }
-}
-
-/// The extension operation that removes leftovers of interrupted writes.
-pub const SWEEP: &str = "sweep";
-
-/// The request of [`SWEEP`].
-#[derive(Serialize, Deserialize, Debug)]
-pub struct SweepRequest {
-    /// Leftovers last touched before this time (ms since the epoch) go.
-    pub older_than_unix_ms: i64,
 }
 
 /// A listed object, as it travels in JSON.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct WireObject {
-    scope: WireScope,
-    key: String,
-    reference: String,
+    /// The reference that reads it.
+    pub reference: String,
+    /// Its write id, in text form.
     #[serde(default)]
-    modified_unix_ms: Option<i64>,
+    pub write_id: Option<String>,
+    /// Last modified, ms since the epoch.
+    #[serde(default)]
+    pub modified_unix_ms: Option<i64>,
 }
 
-fn ms_since_epoch(t: std::time::SystemTime) -> Option<i64> {
-    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+/// Milliseconds since the epoch, for the wire.
+pub fn unix_ms(t: SystemTime) -> Option<i64> {
+    let d = t.duration_since(UNIX_EPOCH).ok()?;
     i64::try_from(d.as_millis()).ok()
 }
 
-fn from_ms(ms: i64) -> Option<std::time::SystemTime> {
-    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(u64::try_from(ms).ok()?))
+/// The time `ms` milliseconds after the epoch.
+pub fn from_unix_ms(ms: i64) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(u64::try_from(ms).ok()?))
 }
 
 // ---------------------------------------------------------------------------
@@ -362,104 +429,83 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> RResul
     }
 }
 
-fn serialized(s: Serialized) -> ROption<RString> {
-    match s {
-        Serialized::Reference(r) => ROption::RSome(r.into()),
-        Serialized::Inline => ROption::RNone,
-    }
-}
-
 /// Wraps a backend for export.
 struct Exported<B>(B);
 
 impl<B: StateBackend> AbiBackend for Exported<B> {
-    fn serialize_task_state(
+    fn serialize(
         &self,
-        scope: AbiTaskScope<'_>,
+        scope: AbiScope<'_>,
         key: RStr<'_>,
+        write_id: AbiWriteId,
         value: RStr<'_>,
     ) -> RResult<ROption<RString>, AbiError> {
-        guarded("serialize_task_state", || {
-            let scope = scope.to_scope()?;
-            self.0
-                .serialize_task_state(&scope, key.as_str(), value.as_str())
-                .map(serialized)
+        guarded("serialize", || {
+            let at = StateKey {
+                scope: scope.to_scope()?,
+                key: key.as_str(),
+            };
+            Ok(
+                match self
+                    .0
+                    .serialize(at, write_id.to_write_id()?, value.as_str())?
+                {
+                    // Hands the plugin's buffer over as it is: no copy.
+                    Serialized::Reference(r) => ROption::RSome(r.into()),
+                    Serialized::Inline => ROption::RNone,
+                },
+            )
         })
     }
 
-    fn deserialize_task_state(&self, reference: RStr<'_>) -> RResult<RString, AbiError> {
-        guarded("deserialize_task_state", || {
+    fn deserialize(
+        &self,
+        reference: RStr<'_>,
+        owner_: ROption<AbiOwner<'_>>,
+    ) -> RResult<RString, AbiError> {
+        guarded("deserialize", || {
             self.0
-                .deserialize_task_state(reference.as_str())
+                .deserialize(reference.as_str(), owner(owner_)?)
                 .map(RString::from)
         })
     }
 
-    fn serialize_asset_state(
+    fn delete_object(
         &self,
-        scope: AbiAssetScope<'_>,
-        key: RStr<'_>,
-        value: RStr<'_>,
-    ) -> RResult<ROption<RString>, AbiError> {
-        guarded("serialize_asset_state", || {
-            let scope = scope.to_scope()?;
-            self.0
-                .serialize_asset_state(&scope, key.as_str(), value.as_str())
-                .map(serialized)
+        reference: RStr<'_>,
+        owner_: ROption<AbiOwner<'_>>,
+    ) -> RResult<bool, AbiError> {
+        guarded("delete_object", || {
+            self.0.delete_object(reference.as_str(), owner(owner_)?)
         })
     }
 
-    fn deserialize_asset_state(&self, reference: RStr<'_>) -> RResult<RString, AbiError> {
-        guarded("deserialize_asset_state", || {
-            self.0
-                .deserialize_asset_state(reference.as_str())
-                .map(RString::from)
-        })
-    }
-
-    fn delete_task_state(&self, scope: AbiTaskScope<'_>, key: RStr<'_>) -> RResult<(), AbiError> {
+    fn delete(&self, scope: AbiScope<'_>, key: RStr<'_>) -> RResult<(), AbiError> {
         guarded("delete", || {
-            self.0.delete(&Scope::Task(scope.to_scope()?), key.as_str())
+            self.0.delete(StateKey {
+                scope: scope.to_scope()?,
+                key: key.as_str(),
+            })
         })
     }
 
-    fn delete_asset_state(&self, scope: AbiAssetScope<'_>, key: RStr<'_>) -> RResult<(), AbiError> {
-        guarded("delete", || {
-            self.0
-                .delete(&Scope::Asset(scope.to_scope()?), key.as_str())
-        })
-    }
-
-    fn clear_task_state(
-        &self,
-        scope: AbiTaskScope<'_>,
-        all_map_indices: bool,
-    ) -> RResult<(), AbiError> {
-        guarded("clear", || {
-            self.0
-                .clear(&Scope::Task(scope.to_scope()?), all_map_indices)
-        })
-    }
-
-    fn clear_asset_state(&self, scope: AbiAssetScope<'_>) -> RResult<(), AbiError> {
-        guarded("clear", || {
-            self.0.clear(&Scope::Asset(scope.to_scope()?), false)
-        })
+    fn clear(&self, scope: AbiScope<'_>, all_map_indices: bool) -> RResult<(), AbiError> {
+        guarded("clear", || self.0.clear(scope.to_scope()?, all_map_indices))
     }
 
     fn list(&self, request: RStr<'_>) -> RResult<RString, AbiError> {
         guarded("list", || {
             let request: ListRequest = serde_json::from_str(request.as_str())
                 .map_err(|e| BackendError::invalid_input(format!("bad list request: {e}")))?;
-            let scope = request.scope.map(WireScope::into_scope).transpose()?;
-            let objects = self.0.list(scope.as_ref())?;
+            let objects = self
+                .0
+                .list(request.scope.as_ref().map(WireScope::as_scope))?;
             let wire: Vec<WireObject> = objects
                 .into_iter()
                 .map(|o| WireObject {
-                    scope: WireScope::from(&o.scope),
-                    key: o.key,
                     reference: o.reference,
-                    modified_unix_ms: o.modified.and_then(ms_since_epoch),
+                    write_id: o.write_id.map(|w| w.to_string()),
+                    modified_unix_ms: o.modified.and_then(unix_ms),
                 })
                 .collect();
             serde_json::to_string(&wire)
@@ -468,24 +514,22 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         })
     }
 
-    fn extension(&self, name: RStr<'_>, request: RStr<'_>) -> RResult<RString, AbiError> {
-        match name.as_str() {
-            SWEEP => guarded("sweep", || {
-                let request: SweepRequest = serde_json::from_str(request.as_str())
-                    .map_err(|e| BackendError::invalid_input(format!("bad sweep request: {e}")))?;
-                let older_than =
-                    from_ms(request.older_than_unix_ms).unwrap_or(std::time::UNIX_EPOCH);
-                let removed = self.0.sweep(older_than)?;
-                Ok(serde_json::json!({ "removed": removed }).to_string().into())
-            }),
-            other => RResult::RErr(
-                BackendError::unsupported(format!(
-                    "this plugin (plugin-api {}) has no operation `{other}`",
-                    env!("CARGO_PKG_VERSION")
-                ))
-                .into(),
-            ),
-        }
+    fn sweep(&self, older_than_unix_ms: i64) -> RResult<u64, AbiError> {
+        guarded("sweep", || {
+            let older_than = from_unix_ms(older_than_unix_ms).unwrap_or(UNIX_EPOCH);
+            self.0.sweep(older_than).map(|n| n as u64)
+        })
+    }
+
+    fn extension(&self, name: RStr<'_>, _request: RStr<'_>) -> RResult<RString, AbiError> {
+        RResult::RErr(
+            BackendError::unsupported(format!(
+                "this plugin (plugin-api {}) has no operation `{}`",
+                env!("CARGO_PKG_VERSION"),
+                name.as_str()
+            ))
+            .into(),
+        )
     }
 }
 
@@ -584,205 +628,4 @@ extern "C" fn new_backend<B: BackendPlugin>(
             abi_stable::sabi_trait::TD_Opaque,
         ))
     })
-}
-
-// ---------------------------------------------------------------------------
-// Host side
-// ---------------------------------------------------------------------------
-
-/// A backend living in a loaded plugin, usable as a [`StateBackend`].
-pub struct ForeignBackend {
-    object: BackendObject,
-}
-
-impl std::fmt::Debug for ForeignBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForeignBackend").finish_non_exhaustive()
-    }
-}
-
-/// Constructs a backend through a plugin's root module.
-pub fn construct(
-    module: PluginModuleRef,
-    options: &str,
-    host: &WireHostContext,
-    logger: impl AbiLogger + 'static,
-) -> Result<ForeignBackend, BackendError> {
-    let host = serde_json::to_string(host).unwrap_or_default();
-    let logger = AbiLogger_TO::from_value(logger, abi_stable::sabi_trait::TD_Opaque);
-    let object = (module.new_backend())(options.into(), host.as_str().into(), logger)
-        .into_result()
-        .map_err(BackendError::from)?;
-    Ok(ForeignBackend { object })
-}
-
-/// Reads and decodes a plugin's metadata.
-pub fn read_metadata(module: PluginModuleRef) -> Result<Metadata, BackendError> {
-    let json = (module.metadata())();
-    serde_json::from_slice(json.into_bytes().as_slice()).map_err(|e| {
-        BackendError::invalid_input(format!("the plugin's metadata is not valid: {e}"))
-    })
-}
-
-/// Takes a string the plugin made, checking that it really is UTF-8 (a
-/// broken plugin can hand over any bytes). The bytes are copied into the
-/// host's allocator: a buffer from another library's allocator cannot be
-/// adopted.
-fn owned(s: RString, what: &str) -> Result<String, BackendError> {
-    let bytes = s.into_bytes();
-    std::str::from_utf8(bytes.as_slice())
-        .map(str::to_owned)
-        .map_err(|e| {
-            BackendError::invalid_input(format!(
-                "the plugin returned {what} that is not UTF-8 ({e})"
-            ))
-        })
-}
-
-fn reference(r: ROption<RString>) -> Result<Serialized, BackendError> {
-    match r {
-        ROption::RSome(r) => owned(r, "a reference").map(Serialized::Reference),
-        ROption::RNone => Ok(Serialized::Inline),
-    }
-}
-
-impl StateBackend for ForeignBackend {
-    fn serialize_task_state(
-        &self,
-        scope: &TaskScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.object
-            .serialize_task_state(scope.into(), key.into(), value.into())
-            .into_result()
-            .map_err(BackendError::from)
-            .and_then(reference)
-    }
-
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.object
-            .deserialize_task_state(reference.into())
-            .into_result()
-            .map_err(BackendError::from)
-            .and_then(|text| owned(text, "a value"))
-    }
-
-    fn serialize_asset_state(
-        &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.object
-            .serialize_asset_state(scope.into(), key.into(), value.into())
-            .into_result()
-            .map_err(BackendError::from)
-            .and_then(reference)
-    }
-
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.object
-            .deserialize_asset_state(reference.into())
-            .into_result()
-            .map_err(BackendError::from)
-            .and_then(|text| owned(text, "a value"))
-    }
-
-    fn visit_task_state(
-        &self,
-        reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        let text = self
-            .object
-            .deserialize_task_state(reference.into())
-            .into_result()?;
-        // Unchecked bytes: the caller parses them, which checks UTF-8.
-        visit(text.into_bytes().as_slice());
-        Ok(())
-    }
-
-    fn visit_asset_state(
-        &self,
-        reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        let text = self
-            .object
-            .deserialize_asset_state(reference.into())
-            .into_result()?;
-        // Unchecked bytes: the caller parses them, which checks UTF-8.
-        visit(text.into_bytes().as_slice());
-        Ok(())
-    }
-
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-        match scope {
-            Scope::Task(t) => self.object.delete_task_state(t.into(), key.into()),
-            Scope::Asset(a) => self.object.delete_asset_state(a.into(), key.into()),
-        }
-        .into_result()
-        .map_err(Into::into)
-    }
-
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
-        match scope {
-            Scope::Task(t) => self.object.clear_task_state(t.into(), all_map_indices),
-            Scope::Asset(a) => self.object.clear_asset_state(a.into()),
-        }
-        .into_result()
-        .map_err(Into::into)
-    }
-
-    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
-        let request = SweepRequest {
-            older_than_unix_ms: ms_since_epoch(older_than).unwrap_or(0),
-        };
-        let request = serde_json::to_string(&request).unwrap_or_default();
-        let answer = match self
-            .object
-            .extension(SWEEP.into(), request.as_str().into())
-            .into_result()
-        {
-            Ok(answer) => answer,
-            // A plugin built before sweep existed: nothing to sweep.
-            Err(e) if ErrorKind::from_code(e.kind) == ErrorKind::Unsupported => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        let answer: serde_json::Value = serde_json::from_slice(answer.into_bytes().as_slice())
-            .map_err(|e| {
-                BackendError::invalid_input(format!("the plugin's sweep answer is not JSON: {e}"))
-            })?;
-        answer["removed"]
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| BackendError::invalid_input("the plugin's sweep answer has no count"))
-    }
-
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
-        let request = ListRequest {
-            scope: scope.map(WireScope::from),
-        };
-        let request = serde_json::to_string(&request).unwrap_or_default();
-        let json = self
-            .object
-            .list(request.as_str().into())
-            .into_result()
-            .map_err(BackendError::from)?;
-        let wire: Vec<WireObject> =
-            serde_json::from_slice(json.into_bytes().as_slice()).map_err(|e| {
-                BackendError::invalid_input(format!("the plugin's listing is not valid JSON: {e}"))
-            })?;
-        wire.into_iter()
-            .map(|o| {
-                Ok(StoredObject {
-                    scope: o.scope.into_scope()?,
-                    key: o.key,
-                    reference: o.reference,
-                    modified: o.modified_unix_ms.and_then(from_ms),
-                })
-            })
-            .collect()
-    }
 }

@@ -20,8 +20,8 @@
 //!
 //! use serde::Deserialize;
 //! use statehost_plugin_api::{
-//!     AssetScope, BackendError, BackendPlugin, HostContext, Options, Scope, Serialized,
-//!     StateBackend, TaskScope, export_backend, layout,
+//!     BackendError, BackendPlugin, HostContext, Options, ScopeRef, Serialized, StateBackend,
+//!     StateKey, WriteId, export_backend, layout,
 //! };
 //!
 //! #[derive(Deserialize)]
@@ -37,42 +37,45 @@
 //! }
 //!
 //! impl TinyBackend {
-//!     fn put(&self, path: String, value: &str) -> Result<Serialized, BackendError> {
-//!         if value.len() < self.inline_below {
-//!             return Ok(Serialized::Inline);
-//!         }
-//!         self.values.lock().unwrap().insert(path.clone(), value.to_string());
-//!         Ok(Serialized::Reference(path))
-//!     }
-//!
-//!     fn get(&self, reference: &str) -> Result<String, BackendError> {
-//!         self.values.lock().unwrap().get(reference).cloned()
-//!             .ok_or_else(|| BackendError::not_found(format!("no value at {reference}")))
+//!     /// Removes every object whose path starts with `prefix/`.
+//!     fn remove_under(&self, prefix: String) {
+//!         let prefix = prefix + "/";
+//!         self.values.lock().unwrap().retain(|path, _| !path.starts_with(&prefix));
 //!     }
 //! }
 //!
 //! impl StateBackend for TinyBackend {
-//!     fn serialize_task_state(&self, scope: &TaskScope, key: &str, value: &str)
+//!     fn serialize(&self, at: StateKey<'_>, write_id: WriteId, value: &str)
 //!         -> Result<Serialized, BackendError> {
-//!         self.put(layout::task_object_path(scope, key), value)
+//!         if value.len() < self.inline_below {
+//!             return Ok(Serialized::Inline);
+//!         }
+//!         // Each write gets an object of its own.
+//!         let path = layout::object_path(at, write_id);
+//!         self.values.lock().unwrap().insert(path.clone(), value.to_string());
+//!         Ok(Serialized::Reference(path))
 //!     }
-//!     fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-//!         self.get(reference)
+//!
+//!     fn deserialize(&self, reference: &str, owner: Option<StateKey<'_>>)
+//!         -> Result<String, BackendError> {
+//!         layout::check_reference(reference, owner)?;
+//!         self.values.lock().unwrap().get(reference).cloned()
+//!             .ok_or_else(|| BackendError::not_found(format!("no value at {reference}")))
 //!     }
-//!     fn serialize_asset_state(&self, scope: &AssetScope, key: &str, value: &str)
-//!         -> Result<Serialized, BackendError> {
-//!         self.put(layout::asset_object_path(scope, key), value)
+//!
+//!     fn delete_object(&self, reference: &str, owner: Option<StateKey<'_>>)
+//!         -> Result<bool, BackendError> {
+//!         layout::check_reference(reference, owner)?;
+//!         Ok(self.values.lock().unwrap().remove(reference).is_some())
 //!     }
-//!     fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-//!         self.get(reference)
-//!     }
-//!     fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-//!         self.values.lock().unwrap().remove(&layout::object_path(scope, key));
+//!
+//!     fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+//!         self.remove_under(layout::key_prefix(at));
 //!         Ok(())
 //!     }
-//!     fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
-//!         let prefix = format!("{}/", layout::clear_prefix(scope, all_map_indices));
-//!         self.values.lock().unwrap().retain(|path, _| !path.starts_with(&prefix));
+//!
+//!     fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+//!         self.remove_under(layout::clear_prefix(scope, all_map_indices));
 //!         Ok(())
 //!     }
 //! }
@@ -94,15 +97,21 @@
 //! Rules every backend follows (the [conformance suite](#testing-a-backend)
 //! checks them):
 //!
-//! * **References are deterministic per (scope, key)**: writing a key again
-//!   overwrites the same object, and `delete`/`clear` find it again from the
-//!   scope alone. [`layout`] gives a safe, deterministic path per (scope,
-//!   key); use it unless the storage needs something else.
+//! * **Every write is an object of its own.** The host mints a [`WriteId`]
+//!   for each `set`; store the value under a name that includes it and
+//!   never overwrite another write's object. A late write (one the host
+//!   stopped waiting for) then cannot clobber a later one, and the host
+//!   deletes replaced values by their exact reference. [`layout`] gives a
+//!   safe path per (scope, key, write id) and validates references.
 //! * **No key escapes the storage root**: keys may contain `/`, `..`,
 //!   spaces and any Unicode. Encode them ([`layout`] does).
-//! * **Writes are whole**: a reader sees the old value or the new one, never
-//!   a part.
-//! * **Delete and clear are idempotent**: deleting a missing key succeeds.
+//! * **References from the database are checked**: before reading or
+//!   deleting, check that the reference is one the backend makes and, when
+//!   the host names the row's scope and key, that it belongs to them
+//!   ([`layout::check_reference`]).
+//! * **Writes are whole**: a reader sees the value or nothing, never a part.
+//! * **A missing object reads as [`ErrorKind::NotFound`]**, and deleting
+//!   one succeeds: deletes are idempotent.
 //! * **Calls come from many threads at once**: the trait requires
 //!   `Send + Sync`.
 //! * **Reject unknown options by name**: deserialize the options into a
@@ -126,11 +135,11 @@
 //! crate-type = ["cdylib", "rlib"]    # cdylib for the host, rlib for your tests
 //!
 //! [dependencies]
-//! statehost-plugin-api = "1"
+//! statehost-plugin-api = "2"
 //! serde = { version = "1", features = ["derive"] }
 //!
 //! [dev-dependencies]
-//! statehost-plugin-api = { version = "1", features = ["conformance"] }
+//! statehost-plugin-api = { version = "2", features = ["conformance"] }
 //! ```
 //!
 //! `cargo build --release` makes `target/release/libstatehost_tiny.so`.
@@ -153,8 +162,8 @@
 //!
 //! With the `conformance` feature, `conformance::run` checks a backend
 //! against the whole contract (every JSON kind, large values, hostile keys,
-//! isolation between scopes, delete, clear, deterministic references, use
-//! from many threads):
+//! one object per write, exact deletes, isolation between scopes, clear,
+//! references checked against their owner, use from many threads):
 //!
 //! ```ignore
 //! #[test]
@@ -170,16 +179,22 @@
 //! # Versions and the ABI
 //!
 //! The version of this crate is the version of the plugin ABI. A host built
-//! against `statehost-plugin-api` 1.y loads every plugin built against any
-//! 1.x, older or newer: the binary layout of the 1.x interface never
-//! changes. Operations added in later 1.x releases are provided trait
+//! against `statehost-plugin-api` 2.y loads every plugin built against any
+//! 2.x, older or newer: the binary layout of the 2.x interface never
+//! changes. Operations added in later 2.x releases are provided trait
 //! methods with defaults (so old plugin sources still compile), travel
 //! through a generic extension entry point with JSON requests, and are
 //! advertised as [`Capabilities`] names, so a newer host asks an older
-//! plugin and gets "unsupported" instead of a layout error. A change that
-//! cannot be made this way is a new major version, and the host then says
-//! plainly which plugin-api a rejected plugin was built against and which
-//! one it expects.
+//! plugin and gets "unsupported" instead of a layout error.
+//!
+//! Version 2.0 changed the trait (a write id on every serialize, deletes of
+//! one exact object, references checked against their owner), so it is a
+//! new major version. The host still loads plugins built against 1.x and
+//! serves them with in-process fencing: their references are one per key,
+//! overwritten in place, so the consistency guarantees then hold within one
+//! process only (`statehost check` says so). Anything else built against
+//! another major version is refused with one line naming the version it was
+//! built against and the one the host expects.
 
 mod abi;
 mod context;
@@ -188,17 +203,21 @@ mod export;
 pub mod layout;
 mod metadata;
 mod scope;
+mod write_id;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+use std::time::SystemTime;
 
 pub use context::{HostContext, Options};
 pub use error::{BackendError, ErrorKind};
 pub use metadata::{Capabilities, Metadata};
 pub use scope::{
-    AssetIdentity, AssetScope, MAX_ASSET_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, Scope, TaskScope,
-    validate_key,
+    AssetIdentity, AssetScope, MAX_ASSET_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, Scope, ScopeRef,
+    StateKey, TaskRef, TaskScope, validate_key,
 };
+pub use write_id::WriteId;
 
 /// The version of this crate, which is the plugin ABI version.
 pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -206,8 +225,8 @@ pub const PLUGIN_API_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What a backend answers to a serialize call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Serialized {
-    /// The value was stored; this reference reads it back. The host stores
-    /// it wrapped in the envelope.
+    /// The value was stored as a new object; this reference reads it back.
+    /// The host stores it wrapped in the envelope.
     Reference(String),
     /// The backend declines to store this value (for example because it is
     /// small); the host keeps the plain JSON in its database.
@@ -217,168 +236,149 @@ pub enum Serialized {
 /// One object a backend holds, as reported by [`StateBackend::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredObject {
-    /// The scope the object belongs to.
-    pub scope: Scope,
-    /// The key within the scope.
-    pub key: String,
-    /// The reference that reads it back.
+    /// The reference that reads it back (and deletes it).
     pub reference: String,
+    /// The write that made it, when the reference carries one (objects of
+    /// 1.x backends do not).
+    pub write_id: Option<WriteId>,
     /// When it was last written, if the storage knows.
-    pub modified: Option<std::time::SystemTime>,
+    pub modified: Option<SystemTime>,
+}
+
+impl StoredObject {
+    /// The object at `reference` (a path of the shared [`layout`]), with
+    /// its write id read from the path; `None` when the layout did not make
+    /// the path (skip such files: they are not the backend's objects).
+    pub fn from_layout_path(reference: String, modified: Option<SystemTime>) -> Option<Self> {
+        let parsed = layout::parse_reference(&reference)?;
+        Some(StoredObject {
+            reference,
+            write_id: parsed.write_id,
+            modified,
+        })
+    }
 }
 
 /// The operations of a state backend.
 ///
 /// Values cross this trait as JSON text: `value` is always valid JSON and
-/// never `null`, and what deserialize returns must be valid JSON (the host
-/// checks). The host validates scopes and keys before calling (see
-/// [`validate_key`]), and never hands a backend the envelope itself.
+/// never `null`, and what [`deserialize`](StateBackend::deserialize)
+/// returns must be valid JSON (the host checks). The host validates scopes
+/// and keys before calling (see [`validate_key`]), never hands a backend the
+/// envelope itself, and deletes only the objects it no longer references.
 ///
 /// Every method may be called from several threads at once.
 pub trait StateBackend: Send + Sync {
-    /// Stores the value of `key` in a task's scope, replacing any previous
-    /// value, and returns its reference; or declines with
-    /// [`Serialized::Inline`]. Either the whole value is stored or the call
-    /// fails: a reader never sees part of a value.
-    fn serialize_task_state(
+    /// Stores `value` for the key `at` as a new object named by `write_id`
+    /// and returns its reference; or declines with [`Serialized::Inline`].
+    ///
+    /// Never overwrite the object of another write, even of the same key:
+    /// a call the host gave up on may still finish, and must then only add
+    /// an object (which the host deletes), never replace a newer value.
+    /// Either the whole value is stored or the call fails.
+    fn serialize(
         &self,
-        scope: &TaskScope,
-        key: &str,
+        at: StateKey<'_>,
+        write_id: WriteId,
         value: &str,
     ) -> Result<Serialized, BackendError>;
 
-    /// Reads back a value stored by [`serialize_task_state`]. A reference to
-    /// nothing is an [`ErrorKind::NotFound`] error. The reference comes from
-    /// the metadata database and may have been tampered with: it must never
-    /// lead outside the backend's storage.
+    /// Reads back the value of an object made by
+    /// [`serialize`](StateBackend::serialize). A reference to nothing is
+    /// an [`ErrorKind::NotFound`] error.
     ///
-    /// [`serialize_task_state`]: StateBackend::serialize_task_state
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError>;
-
-    /// As [`serialize_task_state`](StateBackend::serialize_task_state), for an
-    /// asset's scope.
-    fn serialize_asset_state(
-        &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError>;
-
-    /// As [`deserialize_task_state`](StateBackend::deserialize_task_state), for
-    /// asset state.
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError>;
-
-    /// Removes the value of `key` in `scope`. Removing a missing key succeeds.
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError>;
-
-    /// Removes every value in `scope`. For a task scope with
-    /// `all_map_indices`, removes the values of every map index of that task
-    /// (same dag, run and task); otherwise only the scope's own map index.
-    /// `all_map_indices` means nothing for asset scopes. Idempotent.
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError>;
-
-    /// Reads a task-state value and lends its JSON text, as bytes, to
-    /// `visit`, for callers that only parse it. The bytes are not
-    /// guaranteed to be UTF-8 when they come from a plugin: parse them with
-    /// `serde_json::from_slice`, which checks. The default calls
-    /// [`deserialize_task_state`](StateBackend::deserialize_task_state); a
-    /// backend loaded from a plugin overrides it so that a value made in the
-    /// plugin is read where it lies instead of being copied into the host's
-    /// allocator first (for large values the copy, not the read, dominates).
-    /// Backends rarely need to implement it.
-    fn visit_task_state(
+    /// The reference comes from the metadata database and may have been
+    /// tampered with: it must never lead outside the backend's storage, and
+    /// when `owner` names the row's scope and key, a reference that belongs
+    /// to another key is an [`ErrorKind::InvalidInput`] error
+    /// ([`layout::check_reference`] does both). `owner` is `None` only when
+    /// the caller cannot know it (Airflow hands its hook the reference
+    /// alone).
+    fn deserialize(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        visit(self.deserialize_task_state(reference)?.as_bytes());
-        Ok(())
-    }
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError>;
 
-    /// As [`visit_task_state`](StateBackend::visit_task_state), for asset
-    /// state.
-    fn visit_asset_state(
+    /// Deletes exactly the object at `reference`, checked as for
+    /// [`deserialize`](StateBackend::deserialize). Deleting a missing
+    /// object succeeds. Answers whether an object was there (storage that
+    /// cannot tell answers `true`).
+    fn delete_object(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        visit(self.deserialize_asset_state(reference)?.as_bytes());
-        Ok(())
-    }
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError>;
 
-    /// Removes what interrupted writes left behind (temporary files, partial
-    /// uploads) that was last touched before `older_than`, and says how many
-    /// it removed. Optional (declare it with
-    /// [`Capabilities::with_sweep`]); the host's garbage collector calls it
-    /// with a grace period, so writes in progress are left alone.
-    ///
-    /// Added in plugin-api 1.0 through the extension entry point, as every
-    /// later operation will be: a host that asks a plugin without it gets
-    /// nothing removed, not an error.
-    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
-        let _ = older_than;
-        Ok(0)
-    }
+    /// Removes every object of the key `at`. Removing a missing key
+    /// succeeds. (The host deletes exact objects on its own paths; this is
+    /// for callers that only know the key, such as Airflow's `delete` hook.)
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError>;
 
-    /// The objects the backend holds in `scope` (every scope when `None`).
-    /// Optional: backends that implement it declare
-    /// [`Capabilities::LIST`]; the host's garbage collector uses it to find
-    /// objects no row references.
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
+    /// Removes every object in `scope`. For a task scope with
+    /// `all_map_indices`, removes the objects of every map index of that
+    /// task (same dag, run and task); otherwise only the scope's own map
+    /// index. `all_map_indices` means nothing for asset scopes. Idempotent.
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError>;
+
+    /// The objects the backend holds in `scope` (every scope when `None`),
+    /// each with its reference, its write id and when it was written.
+    /// Optional: backends that implement it declare [`Capabilities::LIST`];
+    /// the host's garbage collector uses it to find objects no row
+    /// references. A backend that lists must report every object it holds,
+    /// or gc cannot collect what it leaves out.
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
         let _ = scope;
         Err(BackendError::unsupported(
             "this backend cannot list what it stores",
         ))
     }
+
+    /// Removes what interrupted writes left behind (temporary files, partial
+    /// uploads) that was last touched before `older_than`, and says how many
+    /// it removed. Optional (declare it with [`Capabilities::with_sweep`]);
+    /// the host's garbage collector calls it with a grace period, so writes
+    /// in progress are left alone. Remove only what the backend itself
+    /// names as its own leftovers.
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
+        let _ = older_than;
+        Ok(0)
+    }
 }
 
 impl<B: StateBackend + ?Sized> StateBackend for std::sync::Arc<B> {
-    fn serialize_task_state(
+    fn serialize(
         &self,
-        scope: &TaskScope,
-        key: &str,
+        at: StateKey<'_>,
+        write_id: WriteId,
         value: &str,
     ) -> Result<Serialized, BackendError> {
-        (**self).serialize_task_state(scope, key, value)
+        (**self).serialize(at, write_id, value)
     }
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-        (**self).deserialize_task_state(reference)
-    }
-    fn serialize_asset_state(
-        &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        (**self).serialize_asset_state(scope, key, value)
-    }
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-        (**self).deserialize_asset_state(reference)
-    }
-    fn visit_task_state(
+    fn deserialize(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        (**self).visit_task_state(reference, visit)
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        (**self).deserialize(reference, owner)
     }
-    fn visit_asset_state(
+    fn delete_object(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        (**self).visit_asset_state(reference, visit)
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        (**self).delete_object(reference, owner)
     }
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-        (**self).delete(scope, key)
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        (**self).delete(at)
     }
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
         (**self).clear(scope, all_map_indices)
     }
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
         (**self).list(scope)
     }
-    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
         (**self).sweep(older_than)
     }
 }
@@ -412,5 +412,5 @@ pub mod __private {
         __call_root_module_loader as call_root_module_loader, CheckTypeLayout, LibHeader,
         LibraryError, RootModule, RootModuleResult, lib_header_from_path,
     };
-    pub use abi_stable::std_types::{RStr, RString};
+    pub use abi_stable::std_types::{ROption, RResult, RStr, RString};
 }

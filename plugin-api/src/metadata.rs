@@ -70,7 +70,7 @@ pub struct Metadata {
     pub plugin_api_version: String,
     /// One line on what it stores and where.
     pub description: String,
-    /// Names of optional operations it supports (`"list"`).
+    /// Names of optional operations it supports (`"list"`, `"sweep"`).
     pub capabilities: Vec<String>,
 }
 

@@ -148,7 +148,7 @@ pub struct AssetScope {
 }
 
 /// Which attribute identifies an asset's storage namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AssetIdentity<'a> {
     /// The asset's name (preferred when both are known).
     Name(&'a str),
@@ -243,6 +243,185 @@ impl From<TaskScope> for Scope {
 impl From<AssetScope> for Scope {
     fn from(scope: AssetScope) -> Self {
         Scope::Asset(scope)
+    }
+}
+
+/// A task scope, borrowed: what a backend receives. Obtained from a
+/// validated [`TaskScope`] (see [`TaskScope::as_ref`]), so its ids are
+/// within the limits and free of control characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRef<'a> {
+    dag_id: &'a str,
+    run_id: &'a str,
+    task_id: &'a str,
+    map_index: i64,
+}
+
+impl<'a> TaskRef<'a> {
+    /// Ids the host has already validated (the plugin side of the
+    /// boundary rebuilds scopes with this, without copying).
+    pub(crate) fn trusted(
+        dag_id: &'a str,
+        run_id: &'a str,
+        task_id: &'a str,
+        map_index: i64,
+    ) -> Self {
+        TaskRef {
+            dag_id,
+            run_id,
+            task_id,
+            map_index,
+        }
+    }
+
+    /// The dag id.
+    pub fn dag_id(&self) -> &'a str {
+        self.dag_id
+    }
+
+    /// The run id.
+    pub fn run_id(&self) -> &'a str {
+        self.run_id
+    }
+
+    /// The task id.
+    pub fn task_id(&self) -> &'a str {
+        self.task_id
+    }
+
+    /// The map index; `-1` when the task is not mapped.
+    pub fn map_index(&self) -> i64 {
+        self.map_index
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> TaskScope {
+        let mut ids =
+            String::with_capacity(self.dag_id.len() + self.run_id.len() + self.task_id.len());
+        ids.push_str(self.dag_id);
+        ids.push_str(self.run_id);
+        ids.push_str(self.task_id);
+        TaskScope {
+            ids,
+            run_start: self.dag_id.len(),
+            task_start: self.dag_id.len() + self.run_id.len(),
+            map_index: self.map_index,
+        }
+    }
+}
+
+impl fmt::Display for TaskRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "task {}/{}/{}[{}]",
+            self.dag_id, self.run_id, self.task_id, self.map_index
+        )
+    }
+}
+
+impl TaskScope {
+    /// The scope, borrowed, as backends receive it.
+    pub fn as_ref(&self) -> TaskRef<'_> {
+        TaskRef::trusted(self.dag_id(), self.run_id(), self.task_id(), self.map_index)
+    }
+}
+
+impl fmt::Display for AssetIdentity<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AssetIdentity::Name(name) => write!(f, "asset {name}"),
+            AssetIdentity::Uri(uri) => write!(f, "asset {uri}"),
+        }
+    }
+}
+
+impl AssetIdentity<'_> {
+    /// An owned asset scope with just this identity.
+    pub fn to_owned(&self) -> AssetScope {
+        match *self {
+            AssetIdentity::Name(name) => AssetScope {
+                name: Some(name.to_string()),
+                uri: None,
+            },
+            AssetIdentity::Uri(uri) => AssetScope {
+                name: None,
+                uri: Some(uri.to_string()),
+            },
+        }
+    }
+}
+
+/// Either scope, borrowed: what a backend receives. An asset is passed by
+/// its [identity](AssetScope::identity) only, which is all a backend may
+/// derive a storage location from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScopeRef<'a> {
+    /// Task state.
+    Task(TaskRef<'a>),
+    /// Asset state.
+    Asset(AssetIdentity<'a>),
+}
+
+impl ScopeRef<'_> {
+    /// An owned copy.
+    pub fn to_owned(&self) -> Scope {
+        match self {
+            ScopeRef::Task(t) => Scope::Task(t.to_owned()),
+            ScopeRef::Asset(a) => Scope::Asset(a.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ScopeRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScopeRef::Task(t) => t.fmt(f),
+            ScopeRef::Asset(a) => a.fmt(f),
+        }
+    }
+}
+
+impl Scope {
+    /// The scope, borrowed, as backends receive it.
+    pub fn as_ref(&self) -> ScopeRef<'_> {
+        match self {
+            Scope::Task(t) => ScopeRef::Task(t.as_ref()),
+            Scope::Asset(a) => ScopeRef::Asset(a.identity()),
+        }
+    }
+}
+
+/// Where one value lives: a scope and a key in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateKey<'a> {
+    /// The scope.
+    pub scope: ScopeRef<'a>,
+    /// The key (validated: see [`validate_key`]).
+    pub key: &'a str,
+}
+
+impl<'a> StateKey<'a> {
+    /// A key of a task's state.
+    pub fn task(scope: &'a TaskScope, key: &'a str) -> Self {
+        StateKey {
+            scope: ScopeRef::Task(scope.as_ref()),
+            key,
+        }
+    }
+
+    /// A key of an asset's state (in the asset's canonical namespace).
+    pub fn asset(scope: &'a AssetScope, key: &'a str) -> Self {
+        StateKey {
+            scope: ScopeRef::Asset(scope.identity()),
+            key,
+        }
+    }
+}
+
+impl fmt::Display for StateKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} key {:?}", self.scope, self.key)
     }
 }
 

@@ -11,13 +11,14 @@
 //! fsync = true                 # flush each value and its directory to disk
 //! ```
 //!
-//! The file of a value is `<root>/<layout path>` (see
-//! [`statehost_plugin_api::layout`]): deterministic per (scope, key), every
-//! component percent-encoded, so no key or scope reaches outside the root.
-//! The relative path is also the reference. Writes go to a temporary file in
-//! the same directory (named `.tmp-*`, which no value's name can be), are
-//! flushed, and are renamed over the old value, so a reader or a crash sees
-//! the old value or the new one, never a part.
+//! Each write of a value is a file of its own, `<root>/<layout path>` (see
+//! [`statehost_plugin_api::layout`]): every component percent-encoded (long
+//! ones hashed), so no key or scope reaches outside the root, and named by
+//! the write id, so a write never replaces another. The relative path is
+//! also the reference. Writes go to a temporary file in the same directory
+//! (named `.tmp-*`, which no value's name can be), are flushed, and are
+//! renamed into place, so a reader or a crash sees the value or nothing,
+//! never a part.
 
 use std::fs;
 use std::io::{self, Write};
@@ -26,8 +27,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    AssetScope, BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, Scope,
-    Serialized, StateBackend, StoredObject, TaskScope, export_backend, layout,
+    BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, ScopeRef,
+    Serialized, StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
 };
 
 /// Options of `[backends.fs]`.
@@ -87,31 +88,6 @@ impl FsBackend {
         &self.root
     }
 
-    fn write(&self, relative: String, value: &str) -> Result<Serialized, BackendError> {
-        if value.len() < self.inline_threshold_bytes {
-            return Ok(Serialized::Inline);
-        }
-        let path = self.root.join(&relative);
-        let dir = path.parent().expect("layout paths have a parent");
-        let mut attempt = 0;
-        loop {
-            match self.write_once(dir, &path, value.as_bytes()) {
-                Ok(()) => return Ok(Serialized::Reference(relative)),
-                // A concurrent clear or delete removed the directory between
-                // creating it and renaming into it: do it again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < RACE_RETRIES => {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(BackendError::from_io(
-                        format_args!("writing {}", path.display()),
-                        e,
-                    ));
-                }
-            }
-        }
-    }
-
     fn write_once(&self, dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let create = || {
             tempfile::Builder::new()
@@ -131,6 +107,7 @@ impl FsBackend {
         if self.fsync {
             temp.as_file().sync_all()?;
         }
+        // The name is the write id's: nothing is ever there to replace.
         temp.persist(path).map_err(|e| e.error)?;
         if self.fsync {
             // Make the rename itself durable.
@@ -139,31 +116,24 @@ impl FsBackend {
         Ok(())
     }
 
-    fn read(&self, reference: &str, expect_task: bool) -> Result<String, BackendError> {
-        // The reference comes from the database: only a path the layout can
-        // have made is accepted, so it cannot lead outside the root.
-        let (scope, _) = layout::parse_object_path(reference).ok_or_else(|| {
-            BackendError::invalid_input(format!(
-                "{reference:?} is not a reference made by the fs backend"
-            ))
-        })?;
-        if matches!(scope, Scope::Task(_)) != expect_task {
-            return Err(BackendError::invalid_input(format!(
-                "{reference:?} belongs to {scope}, not to {} state",
-                if expect_task { "task" } else { "asset" }
-            )));
-        }
-        let path = self.root.join(reference);
-        fs::read_to_string(&path)
-            .map_err(|e| BackendError::from_io(format_args!("reading {}", path.display()), e))
+    /// The file of a reference the layout made (checked against its owner
+    /// when the host names one).
+    fn file_of(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<PathBuf, BackendError> {
+        layout::check_reference(reference, owner)?;
+        Ok(self.root.join(reference))
     }
 
     /// Removes empty directories from `dir` up to (not including) the
-    /// layout's top-level directory. Best effort: a directory that is not
-    /// empty, or that another thread removed, ends the walk.
+    /// layout's top-level directories (`v2/task`, `v2/asset/name`, ...).
+    /// Best effort: a directory that is not empty, or that another thread
+    /// removed, ends the walk.
     fn prune(&self, mut dir: &Path) {
         while let Ok(relative) = dir.strip_prefix(&self.root) {
-            if relative.components().count() <= 1 || fs::remove_dir(dir).is_err() {
+            if relative.components().count() <= 2 || fs::remove_dir(dir).is_err() {
                 break;
             }
             match dir.parent() {
@@ -171,6 +141,34 @@ impl FsBackend {
                 None => break,
             }
         }
+    }
+
+    fn remove_tree(&self, relative: &str) -> Result<(), BackendError> {
+        let dir = self.root.join(relative);
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                // A concurrent write added a file while the tree was being
+                // removed: go again.
+                Err(e)
+                    if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < RACE_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BackendError::from_io(
+                        format_args!("removing {}", dir.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        if let Some(parent) = dir.parent() {
+            self.prune(parent);
+        }
+        Ok(())
     }
 
     /// Removes temporary files (of writes a crash interrupted) last modified
@@ -217,14 +215,12 @@ impl FsBackend {
             } else if file_type.is_file()
                 && !entry.file_name().to_string_lossy().starts_with('.')
                 && let Some(reference) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str())
-                && let Some((scope, key)) = layout::parse_object_path(reference)
+                && let Some(object) = StoredObject::from_layout_path(
+                    reference.to_string(),
+                    entry.metadata().and_then(|m| m.modified()).ok(),
+                )
             {
-                out.push(StoredObject {
-                    scope,
-                    key,
-                    reference: reference.to_string(),
-                    modified: entry.metadata().and_then(|m| m.modified()).ok(),
-                });
+                out.push(object);
             }
         }
         Ok(())
@@ -232,42 +228,61 @@ impl FsBackend {
 }
 
 impl StateBackend for FsBackend {
-    fn serialize_task_state(
+    fn serialize(
         &self,
-        scope: &TaskScope,
-        key: &str,
+        at: StateKey<'_>,
+        write_id: WriteId,
         value: &str,
     ) -> Result<Serialized, BackendError> {
-        self.write(layout::task_object_path(scope, key), value)
+        if value.len() < self.inline_threshold_bytes {
+            return Ok(Serialized::Inline);
+        }
+        let relative = layout::object_path(at, write_id);
+        let path = self.root.join(&relative);
+        let dir = path.parent().expect("layout paths have a parent");
+        let mut attempt = 0;
+        loop {
+            match self.write_once(dir, &path, value.as_bytes()) {
+                Ok(()) => return Ok(Serialized::Reference(relative)),
+                // A concurrent clear or delete removed the directory between
+                // creating it and renaming into it: do it again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < RACE_RETRIES => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(BackendError::from_io(
+                        format_args!("writing {}", path.display()),
+                        e,
+                    ));
+                }
+            }
+        }
     }
 
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.read(reference, true)
-    }
-
-    fn serialize_asset_state(
+    fn deserialize(
         &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.write(layout::asset_object_path(scope, key), value)
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        let path = self.file_of(reference, owner)?;
+        fs::read_to_string(&path)
+            .map_err(|e| BackendError::from_io(format_args!("reading {}", path.display()), e))
     }
 
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.read(reference, false)
-    }
-
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-        let path = self.root.join(layout::object_path(scope, key));
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        let path = self.file_of(reference, owner)?;
         match fs::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
                     self.prune(dir);
                 }
-                Ok(())
+                Ok(true)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(BackendError::from_io(
                 format_args!("deleting {}", path.display()),
                 e,
@@ -275,35 +290,15 @@ impl StateBackend for FsBackend {
         }
     }
 
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
-        let dir = self.root.join(layout::clear_prefix(scope, all_map_indices));
-        let mut attempt = 0;
-        loop {
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                // A concurrent write added a file while the tree was being
-                // removed: go again.
-                Err(e)
-                    if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < RACE_RETRIES =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(BackendError::from_io(
-                        format_args!("clearing {}", dir.display()),
-                        e,
-                    ));
-                }
-            }
-        }
-        if let Some(parent) = dir.parent() {
-            self.prune(parent);
-        }
-        Ok(())
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.remove_tree(&layout::key_prefix(at))
     }
 
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        self.remove_tree(&layout::clear_prefix(scope, all_map_indices))
+    }
+
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
         let dir = match scope {
             Some(scope) => self.root.join(layout::scope_prefix(scope)),
             None => self.root.clone(),
@@ -311,8 +306,6 @@ impl StateBackend for FsBackend {
         let mut out = Vec::new();
         self.walk(&dir, &mut out)
             .map_err(|e| BackendError::from_io(format_args!("listing {}", dir.display()), e))?;
-        // A task scope's directory also holds no other scope's files (map
-        // indices are siblings), so nothing needs filtering.
         Ok(out)
     }
 
@@ -347,6 +340,7 @@ export_backend!(FsBackend);
 mod tests {
     use super::*;
     use serde_json::json;
+    use statehost_plugin_api::{TaskScope, conformance};
 
     fn backend(dir: &Path, options: serde_json::Value) -> Result<FsBackend, BackendError> {
         <FsBackend as BackendPlugin>::new(
@@ -355,13 +349,38 @@ mod tests {
         )
     }
 
+    fn write(fs: &FsBackend, scope: &TaskScope, key: &str, value: &str) -> Serialized {
+        fs.serialize(StateKey::task(scope, key), conformance::write_id(), value)
+            .unwrap()
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    out.extend(files_under(&path));
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let fs = backend(dir.path(), json!({"root": "state"})).unwrap();
-        statehost_plugin_api::conformance::run(&fs);
-        // Everything lands under the root, resolved against the config dir.
-        assert!(dir.path().join("state/task").is_dir());
+        conformance::run(&fs);
+        // Everything landed under the root, resolved against the config
+        // dir, and the suite cleaned up after itself.
+        assert!(dir.path().join("state/v2/task").is_dir());
+        assert_eq!(
+            files_under(&dir.path().join("state")),
+            Vec::<PathBuf>::new()
+        );
     }
 
     #[test]
@@ -370,7 +389,7 @@ mod tests {
         let fs = backend(dir.path(), json!({"root": "state", "fsync": false})).unwrap();
         let scope = TaskScope::new("..", "../..", "/etc", -1).unwrap();
         for key in ["../../../../escape", "/abs", "..", "."] {
-            fs.serialize_task_state(&scope, key, "1").unwrap();
+            write(&fs, &scope, key, "1");
         }
         let outside: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
@@ -384,10 +403,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("secret"), "\"s\"").unwrap();
         let fs = backend(dir.path(), json!({"root": "state"})).unwrap();
-        for reference in ["../secret", "/etc/passwd", "task/../../secret", ""] {
-            let err = fs.deserialize_task_state(reference).unwrap_err();
+        for reference in ["../secret", "/etc/passwd", "v2/../../secret", ""] {
+            let err = fs.deserialize(reference, None).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{reference}: {err}");
+            let err = fs.delete_object(reference, None).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{reference}: {err}");
         }
+        assert!(dir.path().join("secret").exists());
     }
 
     #[test]
@@ -399,14 +421,10 @@ mod tests {
         )
         .unwrap();
         let scope = TaskScope::new("d", "r", "t", -1).unwrap();
-        assert_eq!(
-            fs.serialize_task_state(&scope, "k", "\"short\"").unwrap(),
-            Serialized::Inline
-        );
-        assert!(!dir.path().join("task").exists());
+        assert_eq!(write(&fs, &scope, "k", "\"short\""), Serialized::Inline);
+        assert!(!dir.path().join("v2").exists());
         assert!(matches!(
-            fs.serialize_task_state(&scope, "k", "\"long enough\"")
-                .unwrap(),
+            write(&fs, &scope, "k", "\"long enough\""),
             Serialized::Reference(_)
         ));
     }
@@ -428,8 +446,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = backend(dir.path(), json!({"root": "s", "fsync": false})).unwrap();
         let scope = TaskScope::new("d", "r", "t", 0).unwrap();
-        fs.serialize_task_state(&scope, "kept", "1").unwrap();
-        let leftover = dir.path().join("s/task/d/r/t/0/.tmp-crashed");
+        let Serialized::Reference(kept) = write(&fs, &scope, "kept", "1") else {
+            panic!("stored inline")
+        };
+        let leftover = dir.path().join("s/v2/task/d/r/t/0/kept/.tmp-crashed");
         fs::write(&leftover, "half a val").unwrap();
         let past = SystemTime::now() - std::time::Duration::from_secs(60);
         assert_eq!(fs.sweep(past).unwrap(), 0, "too young to sweep");
@@ -439,19 +459,46 @@ mod tests {
             1
         );
         assert!(!leftover.exists());
-        assert!(dir.path().join("s/task/d/r/t/0/kept").exists());
+        assert!(dir.path().join("s").join(kept).exists());
     }
 
     #[test]
-    fn delete_and_clear_leave_no_empty_directories() {
+    fn deletes_and_clear_leave_no_empty_directories() {
         let dir = tempfile::tempdir().unwrap();
         let fs = backend(dir.path(), json!({"root": "s", "fsync": false})).unwrap();
         let scope = TaskScope::new("d", "r", "t", 0).unwrap();
-        fs.serialize_task_state(&scope, "a", "1").unwrap();
-        fs.delete(&Scope::Task(scope.clone()), "a").unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("s/task")).unwrap().count(), 0);
-        fs.serialize_task_state(&scope, "a", "1").unwrap();
-        fs.clear(&Scope::Task(scope), true).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("s/task")).unwrap().count(), 0);
+        let top = dir.path().join("s/v2/task");
+        let Serialized::Reference(r) = write(&fs, &scope, "a", "1") else {
+            panic!("stored inline")
+        };
+        fs.delete_object(&r, Some(StateKey::task(&scope, "a")))
+            .unwrap();
+        assert_eq!(fs::read_dir(&top).unwrap().count(), 0);
+        write(&fs, &scope, "a", "1");
+        fs.delete(StateKey::task(&scope, "a")).unwrap();
+        assert_eq!(fs::read_dir(&top).unwrap().count(), 0);
+        write(&fs, &scope, "a", "1");
+        fs.clear(ScopeRef::Task(scope.as_ref()), true).unwrap();
+        assert_eq!(fs::read_dir(&top).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn objects_written_before_the_upgrade_still_read_and_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = backend(dir.path(), json!({"root": "s", "fsync": false})).unwrap();
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        let old = dir.path().join("s/task/d/r/t/-1/k");
+        fs::create_dir_all(old.parent().unwrap()).unwrap();
+        fs::write(&old, "\"from 1.x\"").unwrap();
+        let owner = Some(StateKey::task(&scope, "k"));
+        assert_eq!(
+            fs.deserialize("task/d/r/t/-1/k", owner).unwrap(),
+            "\"from 1.x\""
+        );
+        let listed = fs.list(None).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].write_id, None);
+        assert!(fs.delete_object("task/d/r/t/-1/k", owner).unwrap());
+        assert!(!old.exists());
     }
 }

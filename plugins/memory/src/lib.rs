@@ -15,8 +15,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    AssetScope, BackendError, BackendPlugin, Capabilities, HostContext, Options, Scope, Serialized,
-    StateBackend, StoredObject, TaskScope, export_backend, layout,
+    BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef, Serialized,
+    StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
 };
 
 /// Options of `[backends.memory]`.
@@ -27,10 +27,11 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
+type Map = rustc_hash::FxHashMap<String, (String, WriteId, SystemTime)>;
+
 // Padded to a cache line each: threads on different shards must not fight
 // over one line through the locks' counters.
-type Shard =
-    crossbeam_utils::CachePadded<RwLock<rustc_hash::FxHashMap<String, (String, SystemTime)>>>;
+type Shard = crossbeam_utils::CachePadded<RwLock<Map>>;
 
 /// How many independently locked maps values are spread over, so threads
 /// working on different tasks do not queue on one lock.
@@ -48,17 +49,15 @@ pub struct MemoryBackend {
     shards: [Shard; SHARDS],
 }
 
-/// The part of a layout path that picks the shard: the first four
-/// components of a task path (`task/<dag>/<run>/<task>`), the first three of
-/// an asset path (`asset/<name|uri>/<id>`). Components may span several
-/// segments (long ones are cut, each piece but the last ending in `+`).
+/// The part of a layout path that picks the shard: `v2/task/<dag>/<run>/<task>`
+/// for task state, `v2/asset/<name|uri>/<id>` for asset state.
 fn shard_key(path: &str) -> &str {
-    let wanted = if path.starts_with("task/") { 4 } else { 3 };
-    let mut components = 0;
+    let wanted = if path.starts_with("v2/task/") { 5 } else { 4 };
+    let mut slashes = 0;
     for (i, b) in path.bytes().enumerate() {
-        if b == b'/' && i > 0 && path.as_bytes()[i - 1] != b'+' {
-            components += 1;
-            if components == wanted {
+        if b == b'/' {
+            slashes += 1;
+            if slashes == wanted {
                 return &path[..i];
             }
         }
@@ -82,95 +81,77 @@ impl MemoryBackend {
         &self.shards[shard_index(path)]
     }
 
-    fn store(&self, path: String, value: &str) -> Result<Serialized, BackendError> {
+    /// Removes every entry under `prefix/` (in one shard: a scan, which
+    /// delete and clear can afford and set and get never do).
+    fn remove_under(&self, prefix: String) {
+        let prefix = prefix + "/";
+        let mut values = self
+            .shard(&prefix)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        values.retain(|path, _| !path.starts_with(&prefix));
+    }
+}
+
+impl StateBackend for MemoryBackend {
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
         if value.len() < self.inline_threshold_bytes {
             return Ok(Serialized::Inline);
         }
-        let mut values = self.shard(&path).write().unwrap_or_else(|p| p.into_inner());
-        match values.get_mut(&path) {
-            Some(slot) => {
-                slot.0.clear();
-                slot.0.push_str(value);
-                slot.1 = SystemTime::now();
-            }
-            None => {
-                values.insert(path.clone(), (value.to_owned(), SystemTime::now()));
-            }
-        }
+        let path = layout::object_path(at, write_id);
+        let entry = (value.to_owned(), write_id, SystemTime::now());
+        self.shard(&path)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone(), entry);
         Ok(Serialized::Reference(path))
     }
 
-    fn load(&self, reference: &str) -> Result<String, BackendError> {
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        layout::check_reference(reference, owner)?;
         let values = self
             .shard(reference)
             .read()
             .unwrap_or_else(|p| p.into_inner());
         values
             .get(reference)
-            .map(|(v, _)| v.clone())
+            .map(|(v, _, _)| v.clone())
             .ok_or_else(|| BackendError::not_found(format!("no value in memory at {reference}")))
     }
 
-    /// Every entry under `prefix/` (in one shard: a scan, which clear and
-    /// list can afford and set and get never do).
-    fn under<'a>(
-        map: &'a rustc_hash::FxHashMap<String, (String, SystemTime)>,
-        prefix: &'a str,
-    ) -> impl Iterator<Item = (&'a String, &'a (String, SystemTime))> + 'a {
-        map.iter().filter(move |(k, _)| k.starts_with(prefix))
-    }
-}
-
-impl StateBackend for MemoryBackend {
-    fn serialize_task_state(
+    fn delete_object(
         &self,
-        scope: &TaskScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.store(layout::task_object_path(scope, key), value)
-    }
-
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.load(reference)
-    }
-
-    fn serialize_asset_state(
-        &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.store(layout::asset_object_path(scope, key), value)
-    }
-
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.load(reference)
-    }
-
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-        let path = layout::object_path(scope, key);
-        let mut values = self.shard(&path).write().unwrap_or_else(|p| p.into_inner());
-        values.remove(&path);
-        Ok(())
-    }
-
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
-        let prefix = format!("{}/", layout::clear_prefix(scope, all_map_indices));
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        layout::check_reference(reference, owner)?;
         let mut values = self
-            .shard(&prefix)
+            .shard(reference)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let doomed: Vec<String> = Self::under(&values, &prefix)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for path in doomed {
-            values.remove(&path);
-        }
+        Ok(values.remove(reference).is_some())
+    }
+
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.remove_under(layout::key_prefix(at));
         Ok(())
     }
 
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        self.remove_under(layout::clear_prefix(scope, all_map_indices));
+        Ok(())
+    }
+
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
         let prefix = scope
             .map(|s| format!("{}/", layout::scope_prefix(s)))
             .unwrap_or_default();
@@ -182,15 +163,14 @@ impl StateBackend for MemoryBackend {
         for shard in shards {
             let values = shard.read().unwrap_or_else(|p| p.into_inner());
             out.extend(
-                Self::under(&values, &prefix).filter_map(|(path, (_, modified))| {
-                    let (scope, key) = layout::parse_object_path(path)?;
-                    Some(StoredObject {
-                        scope,
-                        key,
+                values
+                    .iter()
+                    .filter(|(path, _)| path.starts_with(&prefix))
+                    .map(|(path, (_, write_id, modified))| StoredObject {
                         reference: path.clone(),
+                        write_id: Some(*write_id),
                         modified: Some(*modified),
-                    })
-                }),
+                    }),
             );
         }
         Ok(out)
@@ -217,11 +197,16 @@ export_backend!(MemoryBackend);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statehost_plugin_api::ErrorKind;
+    use statehost_plugin_api::{AssetScope, ErrorKind, TaskScope, conformance};
 
     #[test]
     fn passes_the_conformance_suite() {
-        statehost_plugin_api::conformance::run(&MemoryBackend::new());
+        let backend = MemoryBackend::new();
+        conformance::run(&backend);
+        assert!(
+            backend.list(None).unwrap().is_empty(),
+            "the suite cleans up"
+        );
     }
 
     #[test]
@@ -229,12 +214,17 @@ mod tests {
         let options = Options::new(serde_json::json!({"inline_threshold_bytes": 4}));
         let backend = <MemoryBackend as BackendPlugin>::new(&options, &HostContext::new()).unwrap();
         let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        let at = StateKey::task(&scope, "k");
         assert_eq!(
-            backend.serialize_task_state(&scope, "k", "123").unwrap(),
+            backend
+                .serialize(at, conformance::write_id(), "123")
+                .unwrap(),
             Serialized::Inline
         );
         assert!(matches!(
-            backend.serialize_task_state(&scope, "k", "1234").unwrap(),
+            backend
+                .serialize(at, conformance::write_id(), "1234")
+                .unwrap(),
             Serialized::Reference(_)
         ));
     }
@@ -245,18 +235,24 @@ mod tests {
         for dag in ["d", long.as_str()] {
             let m0 = TaskScope::new(dag, "r", "t", 0).unwrap();
             let m1 = m0.with_map_index(1).unwrap();
-            let path = layout::task_object_path(&m0, "k");
-            assert_eq!(shard_key(&path), layout::task_all_maps_prefix(&m0));
+            let path = layout::object_path(StateKey::task(&m0, "k"), conformance::write_id());
+            let all = layout::clear_prefix(ScopeRef::Task(m0.as_ref()), true);
+            assert_eq!(shard_key(&path), all);
             assert_eq!(
                 shard_index(&path),
-                shard_index(&layout::task_object_path(&m1, "x/y"))
+                shard_index(&layout::object_path(
+                    StateKey::task(&m1, "x/y"),
+                    conformance::write_id()
+                ))
             );
-            let clear = format!("{}/", layout::task_all_maps_prefix(&m0));
-            assert_eq!(shard_index(&clear), shard_index(&path));
+            assert_eq!(shard_index(&format!("{all}/")), shard_index(&path));
         }
         let asset = AssetScope::by_name("a/b").unwrap();
-        let path = layout::asset_object_path(&asset, "k");
-        assert_eq!(shard_key(&path), layout::asset_prefix(&asset));
+        let path = layout::object_path(StateKey::asset(&asset, "k"), conformance::write_id());
+        assert_eq!(
+            shard_key(&path),
+            layout::scope_prefix(ScopeRef::Asset(asset.identity()))
+        );
     }
 
     #[test]

@@ -27,9 +27,10 @@
 //! `azure_storage_account_name`, `timeout`, `connect_timeout`, ...); an
 //! unknown key is rejected by name.
 //!
-//! Objects live at `<url path>/<layout path>` (see
-//! [`statehost_plugin_api::layout`]): deterministic per (scope, key), every
-//! component percent-encoded. Each object records its codecs in a header
+//! Each write of a value is an object of its own at `<url path>/<layout
+//! path>` (see [`statehost_plugin_api::layout`]): named by its write id, so
+//! a write never replaces another, every component percent-encoded (long
+//! ones hashed). Each object records its codecs in a header
 //! (see [`codec`]), so reading never guesses and a wrong key or an altered
 //! object is an error, never garbage.
 //!
@@ -48,8 +49,8 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig};
 use serde::Deserialize;
 use statehost_plugin_api::{
-    AssetScope, BackendError, BackendPlugin, Capabilities, HostContext, Options, Scope, Serialized,
-    StateBackend, StoredObject, TaskScope, export_backend, layout,
+    BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef, Serialized,
+    StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
 };
 
 use crate::codec::Codec;
@@ -245,30 +246,8 @@ impl ObjectStoreBackend {
         self.runtime.block_on(future)
     }
 
-    fn write(&self, relative: String, value: &str) -> Result<Serialized, BackendError> {
-        if value.len() < self.inline_threshold_bytes {
-            return Ok(Serialized::Inline);
-        }
-        let location = self.location(&relative)?;
-        let bytes = self.codec.encode(&relative, value.as_bytes())?;
-        // A single put: the object is replaced whole or not at all.
-        self.block_on(self.store.put(&location, PutPayload::from(bytes)))
-            .map_err(|e| store_error(&format!("writing {location}"), e))?;
-        Ok(Serialized::Reference(relative))
-    }
-
-    fn read(&self, reference: &str, expect_task: bool) -> Result<String, BackendError> {
-        let (scope, _) = layout::parse_object_path(reference).ok_or_else(|| {
-            BackendError::invalid_input(format!(
-                "{reference:?} is not a reference made by the object_store backend"
-            ))
-        })?;
-        if matches!(scope, Scope::Task(_)) != expect_task {
-            return Err(BackendError::invalid_input(format!(
-                "{reference:?} belongs to {scope}, not to {} state",
-                if expect_task { "task" } else { "asset" }
-            )));
-        }
+    fn read(&self, reference: &str, owner: Option<StateKey<'_>>) -> Result<String, BackendError> {
+        layout::check_reference(reference, owner)?;
         let location = self.location(reference)?;
         let bytes = self
             .block_on(async { self.store.get(&location).await?.bytes().await })
@@ -276,6 +255,26 @@ impl ObjectStoreBackend {
         let value = self.codec.decode(reference, &bytes)?;
         String::from_utf8(value).map_err(|_| {
             BackendError::invalid_input(format!("the object at {location} is not UTF-8 text"))
+        })
+    }
+
+    /// Deletes every object under `relative_prefix/`.
+    fn delete_under(&self, relative_prefix: &str) -> Result<(), BackendError> {
+        let doomed = self.objects_under(relative_prefix)?;
+        let locations = doomed
+            .into_iter()
+            .map(|(relative, _)| self.location(&relative))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.block_on(async {
+            let stream = futures::stream::iter(locations.into_iter().map(Ok)).boxed();
+            self.store
+                .delete_stream(stream)
+                .try_for_each(|_| async { Ok(()) })
+                .await
+        })
+        .or_else(|e| match e {
+            object_store::Error::NotFound { .. } => Ok(()),
+            e => Err(store_error(&format!("deleting under {relative_prefix}"), e)),
         })
     }
 
@@ -307,65 +306,63 @@ impl ObjectStoreBackend {
 }
 
 impl StateBackend for ObjectStoreBackend {
-    fn serialize_task_state(
+    fn serialize(
         &self,
-        scope: &TaskScope,
-        key: &str,
+        at: StateKey<'_>,
+        write_id: WriteId,
         value: &str,
     ) -> Result<Serialized, BackendError> {
-        self.write(layout::task_object_path(scope, key), value)
+        if value.len() < self.inline_threshold_bytes {
+            return Ok(Serialized::Inline);
+        }
+        let relative = layout::object_path(at, write_id);
+        let location = self.location(&relative)?;
+        let bytes = self.codec.encode(&relative, value.as_bytes())?;
+        // A single put of a name no other write has: the object appears
+        // whole or not at all, and never replaces another.
+        self.block_on(self.store.put(&location, PutPayload::from(bytes)))
+            .map_err(|e| store_error(&format!("writing {location}"), e))?;
+        Ok(Serialized::Reference(relative))
     }
 
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.read(reference, true)
-    }
-
-    fn serialize_asset_state(
+    fn deserialize(
         &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.write(layout::asset_object_path(scope, key), value)
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        self.read(reference, owner)
     }
 
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.read(reference, false)
-    }
-
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-        let location = self.location(&layout::object_path(scope, key))?;
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        layout::check_reference(reference, owner)?;
+        let location = self.location(reference)?;
         match self.block_on(self.store.delete(&location)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            // Most stores do not say whether the object was there.
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(store_error(&format!("deleting {location}"), e)),
         }
     }
 
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
-        let prefix = layout::clear_prefix(scope, all_map_indices);
-        let doomed = self.objects_under(&prefix)?;
-        let locations = doomed
-            .into_iter()
-            .map(|(relative, _)| self.location(&relative))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.block_on(async {
-            let stream = futures::stream::iter(locations.into_iter().map(Ok)).boxed();
-            self.store
-                .delete_stream(stream)
-                .try_for_each(|_| async { Ok(()) })
-                .await
-        })
-        .or_else(|e| match e {
-            object_store::Error::NotFound { .. } => Ok(()),
-            e => Err(store_error(&format!("clearing {prefix}"), e)),
-        })
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.delete_under(&layout::key_prefix(at))
     }
 
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        self.delete_under(&layout::clear_prefix(scope, all_map_indices))
+    }
+
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
         let objects = match scope {
             Some(scope) => self.objects_under(&layout::scope_prefix(scope))?,
             None => {
-                let mut all = self.objects_under("task")?;
+                let mut all = self.objects_under(layout::LAYOUT_PREFIX)?;
+                // Objects of 1.x, written before an upgrade.
+                all.extend(self.objects_under("task")?);
                 all.extend(self.objects_under("asset")?);
                 all
             }
@@ -373,13 +370,7 @@ impl StateBackend for ObjectStoreBackend {
         Ok(objects
             .into_iter()
             .filter_map(|(relative, modified)| {
-                let (scope, key) = layout::parse_object_path(&relative)?;
-                Some(StoredObject {
-                    scope,
-                    key,
-                    reference: relative,
-                    modified: Some(modified),
-                })
+                StoredObject::from_layout_path(relative, Some(modified))
             })
             .collect())
     }
@@ -452,7 +443,7 @@ export_backend!(ObjectStoreBackend);
 mod tests {
     use super::*;
     use serde_json::json;
-    use statehost_plugin_api::ErrorKind;
+    use statehost_plugin_api::{ErrorKind, TaskScope, conformance};
 
     fn backend(options: serde_json::Value) -> Result<ObjectStoreBackend, BackendError> {
         <ObjectStoreBackend as BackendPlugin>::new(&Options::new(options), &HostContext::new())
@@ -460,7 +451,7 @@ mod tests {
 
     #[test]
     fn memory_urls_pass_the_conformance_suite() {
-        statehost_plugin_api::conformance::run(&backend(json!({"url": "memory://"})).unwrap());
+        conformance::run(&backend(json!({"url": "memory://"})).unwrap());
     }
 
     #[test]
@@ -475,7 +466,7 @@ mod tests {
             "encryption_key_env": "STATEHOST_TEST_OBJECT_KEY",
         }))
         .unwrap();
-        statehost_plugin_api::conformance::run(&b);
+        conformance::run(&b);
     }
 
     #[test]
@@ -528,17 +519,18 @@ mod tests {
         assert!(az.is_ok(), "{:?}", az.err());
     }
 
+    fn write(b: &ObjectStoreBackend, scope: &TaskScope, key: &str, value: &str) -> Serialized {
+        b.serialize(StateKey::task(scope, key), conformance::write_id(), value)
+            .unwrap()
+    }
+
     #[test]
     fn values_below_the_threshold_stay_inline() {
         let b = backend(json!({"url": "memory://", "inline_threshold_bytes": 8})).unwrap();
         let scope = TaskScope::new("d", "r", "t", -1).unwrap();
-        assert_eq!(
-            b.serialize_task_state(&scope, "k", "1").unwrap(),
-            Serialized::Inline
-        );
+        assert_eq!(write(&b, &scope, "k", "1"), Serialized::Inline);
         assert!(matches!(
-            b.serialize_task_state(&scope, "k", "\"longer value\"")
-                .unwrap(),
+            write(&b, &scope, "k", "\"longer value\""),
             Serialized::Reference(_)
         ));
     }
@@ -554,16 +546,15 @@ mod tests {
         )
         .unwrap();
         let scope = TaskScope::new("d", "r", "t", -1).unwrap();
-        let Serialized::Reference(a) = b.serialize_task_state(&scope, "a", "\"A\"").unwrap() else {
+        let Serialized::Reference(a) = write(&b, &scope, "a", "\"A\"") else {
             panic!()
         };
-        let Serialized::Reference(bb) = b.serialize_task_state(&scope, "b", "\"B\"").unwrap()
-        else {
+        let Serialized::Reference(bb) = write(&b, &scope, "b", "\"B\"") else {
             panic!()
         };
         // Swap: put a's bytes at b's path.
         std::fs::copy(dir.path().join(&a), dir.path().join(&bb)).unwrap();
-        let err = b.deserialize_task_state(&bb).unwrap_err();
+        let err = b.deserialize(&bb, None).unwrap_err();
         assert!(err.message().contains("does not decrypt"), "{err}");
         // Tamper: flip a byte of a.
         let path = dir.path().join(&a);
@@ -571,10 +562,10 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 0x40;
         std::fs::write(&path, bytes).unwrap();
-        assert!(b.deserialize_task_state(&a).is_err());
+        assert!(b.deserialize(&a, None).is_err());
         // Without the key the objects are refused plainly.
         let keyless = backend(json!({"url": url.as_str()})).unwrap();
-        let err = keyless.deserialize_task_state(&bb).unwrap_err();
+        let err = keyless.deserialize(&bb, None).unwrap_err();
         assert!(err.message().contains("encrypted"), "{err}");
     }
 }

@@ -9,9 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use crate::backend::Limits;
 use crate::error::{Error, Result};
+use crate::store::Synchronous;
 
 /// The environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "STATEHOST__";
@@ -35,6 +39,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Option<String>,
+    synchronous: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,7 +48,17 @@ struct RawStateStore {
     default_retention_days: Option<u32>,
     max_value_bytes: Option<u64>,
     clear_on_success: Option<bool>,
+    orphan_grace: Option<RawDuration>,
+    /// The spelling of `orphan_grace` before it took units.
     orphan_grace_seconds: Option<u64>,
+}
+
+/// A duration: whole seconds, or text with units (`"90s"`, `"1h"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +76,7 @@ struct RawWorkers {
     state_store_backend: Option<String>,
     state_backend_sha256: Option<String>,
     state_backend_timeout_ms: Option<u64>,
+    state_backend_max_in_flight: Option<u64>,
 }
 
 /// The type a known key takes, for reading environment overrides.
@@ -79,10 +95,13 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("workers", "state_store_backend", Kind::Text),
     ("workers", "state_backend_sha256", Kind::Text),
     ("workers", "state_backend_timeout_ms", Kind::Integer),
+    ("workers", "state_backend_max_in_flight", Kind::Integer),
     ("database", "url", Kind::Text),
+    ("database", "synchronous", Kind::Text),
     ("state_store", "default_retention_days", Kind::Integer),
     ("state_store", "max_value_bytes", Kind::Integer),
     ("state_store", "clear_on_success", Kind::Boolean),
+    ("state_store", "orphan_grace", Kind::Text),
     ("state_store", "orphan_grace_seconds", Kind::Integer),
 ];
 
@@ -105,9 +124,10 @@ pub struct Config {
     /// `[workers] state_backend_sha256`: the SHA-256 (lowercase hex) the
     /// backend library's bytes must have.
     pub state_backend_sha256: Option<String>,
-    /// `[workers] state_backend_timeout_ms`: the longest any backend call
-    /// may take; `None` (0 in the file) waits as long as the call takes.
-    pub state_backend_timeout: Option<std::time::Duration>,
+    /// `[workers] state_backend_timeout_ms` (the deadline of every backend
+    /// call; 30 s by default, 0 for none) and
+    /// `[workers] state_backend_max_in_flight` (64 by default).
+    pub limits: Limits,
     /// `[workers] state_backend`; `None` when empty or absent (no backend:
     /// values stay inline in the metadata store).
     pub state_backend: Option<String>,
@@ -116,6 +136,8 @@ pub struct Config {
     /// `[database] url`: `sqlite://<path>` (relative to the config file),
     /// `sqlite::memory:`.
     pub database_url: String,
+    /// `[database] synchronous` (SQLite): `full` (the default) or `normal`.
+    pub synchronous: Synchronous,
     /// `[state_store]` settings.
     pub state_store: StateStoreSettings,
 }
@@ -129,9 +151,11 @@ pub struct StateStoreSettings {
     pub max_value_bytes: u64,
     /// Clear a task's state when it succeeds.
     pub clear_on_success: bool,
-    /// gc leaves objects without a row alone until they are this old, so a
-    /// set in flight (object written, row not yet) is not collected.
-    pub orphan_grace_seconds: u64,
+    /// gc leaves objects without a row alone until they are this old (by
+    /// their write id, on the database's clock), so a set in flight (object
+    /// written, row not yet) is never collected; a row write more than half
+    /// of this after its write id was minted is refused.
+    pub orphan_grace: Duration,
 }
 
 impl Default for StateStoreSettings {
@@ -140,7 +164,7 @@ impl Default for StateStoreSettings {
             default_retention_days: 30,
             max_value_bytes: 65535,
             clear_on_success: false,
-            orphan_grace_seconds: 3600,
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -263,6 +287,64 @@ fn resolve(
     };
     let defaults = StateStoreSettings::default();
     let store = raw.state_store;
+    let bad = |message: String| Error::Config {
+        source_name: source_name.to_string(),
+        message,
+    };
+    let limits = Limits {
+        deadline: match raw.workers.state_backend_timeout_ms {
+            None => Limits::default().deadline,
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        },
+        max_in_flight: match raw.workers.state_backend_max_in_flight {
+            None => Limits::default().max_in_flight,
+            Some(0) => {
+                return Err(bad(
+                    "[workers] state_backend_max_in_flight = 0 would refuse every backend call; give 1 or more (64 is the default)".to_string(),
+                ));
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        },
+    };
+    let synchronous = match raw.database.synchronous.as_deref().map(str::trim) {
+        None | Some("full") | Some("FULL") => Synchronous::Full,
+        Some("normal") | Some("NORMAL") => Synchronous::Normal,
+        Some(other) => {
+            return Err(bad(format!(
+                "[database] synchronous = {other:?} is not a level; use \"full\" (every commit survives power loss, the default) or \"normal\" (faster; the last commits can be lost on power loss)"
+            )));
+        }
+    };
+    let orphan_grace = match (store.orphan_grace, store.orphan_grace_seconds) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "[state_store] orphan_grace and orphan_grace_seconds are two spellings of one setting; keep orphan_grace".to_string(),
+            ));
+        }
+        (Some(RawDuration::Seconds(s)), None) | (None, Some(s)) => Duration::from_secs(s),
+        (Some(RawDuration::Text(text)), None) => parse_duration(&text).ok_or_else(|| {
+            bad(format!(
+                "[state_store] orphan_grace = {text:?} is not a duration; write it like \"1h\", \"30m\" or \"90s\", or as whole seconds"
+            ))
+        })?,
+        (None, None) => defaults.orphan_grace,
+    };
+    if orphan_grace < Duration::from_secs(1) {
+        return Err(bad(format!(
+            "[state_store] orphan_grace = {} is too short: a write's row must land within half of it; give at least 1s",
+            humantime::format_duration(orphan_grace)
+        )));
+    }
+    if let Some(deadline) = limits.deadline
+        && orphan_grace < deadline * 4
+    {
+        return Err(bad(format!(
+            "[state_store] orphan_grace = {} must be at least four times [workers] state_backend_timeout_ms = {} ms, so a write that takes its whole deadline still lands its row within half the grace; raise the grace or lower the timeout",
+            humantime::format_duration(orphan_grace),
+            deadline.as_millis()
+        )));
+    }
     Ok(Config {
         file: file.map(Path::to_path_buf),
         base_dir,
@@ -272,28 +354,32 @@ fn resolve(
             .allow_insecure_plugin_permissions
             .unwrap_or(false),
         state_backend_sha256,
-        state_backend_timeout: raw
-            .workers
-            .state_backend_timeout_ms
-            .filter(|ms| *ms > 0)
-            .map(std::time::Duration::from_millis),
+        limits,
         state_backend,
         backends,
         database_url: raw
             .database
             .url
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+        synchronous,
         state_store: StateStoreSettings {
             default_retention_days: store
                 .default_retention_days
                 .unwrap_or(defaults.default_retention_days),
             max_value_bytes: store.max_value_bytes.unwrap_or(defaults.max_value_bytes),
             clear_on_success: store.clear_on_success.unwrap_or(defaults.clear_on_success),
-            orphan_grace_seconds: store
-                .orphan_grace_seconds
-                .unwrap_or(defaults.orphan_grace_seconds),
+            orphan_grace,
         },
     })
+}
+
+/// Parses a duration: whole seconds, or text with units (`"1h 30m"`).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    match text.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).ok(),
+    }
 }
 
 /// The directory holding the running executable: `cargo build --release

@@ -127,9 +127,21 @@ pub enum Error {
         message: String,
     },
 
-    /// The metadata store failed.
+    /// The metadata store failed; nothing was changed.
     #[error("metadata store: {message}")]
     Store {
+        /// What failed.
+        message: String,
+    },
+
+    /// A write to the metadata store whose outcome is unknown (the
+    /// connection dropped after the commit was sent, a disk error during
+    /// the commit): it may or may not have been applied. Nothing is undone
+    /// or retried; the next read tells.
+    #[error(
+        "metadata store: {message}; the write may or may not have been applied: read the key to find out"
+    )]
+    OutcomeUnknown {
         /// What failed.
         message: String,
     },
@@ -186,6 +198,12 @@ fn construct_hint(error: &BackendError) -> &'static str {
 }
 
 impl Error {
+    /// Whether the operation may have been applied despite the error (see
+    /// [`Error::OutcomeUnknown`]).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
+    }
+
     /// Whether the error is the user's input (config, names): exit code 2
     /// rather than 3 in the CLI.
     pub fn is_bad_input(&self) -> bool {

@@ -341,9 +341,9 @@ fn rows(config: &Config, json: bool) -> Result<ExitCode, Error> {
 
 fn gc(config: &Config, dry_run: bool) -> Result<ExitCode, Error> {
     let host = StateHost::open(config)?;
-    let report = host.gc(dry_run, |done, total| {
-        if total >= 1000 {
-            eprintln!("gc: {done}/{total} expired rows");
+    let report = host.gc(dry_run, |done, _| {
+        if done % 1000 == 0 {
+            eprintln!("gc: {done} expired rows so far");
         }
     })?;
     let verb = if dry_run { "would delete" } else { "deleted" };
@@ -527,7 +527,16 @@ fn check(config: &Config) -> Result<ExitCode, Error> {
                     m.capabilities.join(", ")
                 }
             );
+            if backend.is_legacy() {
+                println!(
+                    "  warning: built against plugin-api 1.x (no write ids, no exact deletes): served with in-process fencing, so no lost write, no dangling reference and no resurrection hold within this process only; rebuild it against statehost-plugin-api 2"
+                );
+            }
         }
+    }
+    let store = statehost::state::open_store(config)?;
+    if let Some(warning) = store.durability_warning()? {
+        println!("  warning: {warning}");
     }
     Ok(ExitCode::SUCCESS)
 }

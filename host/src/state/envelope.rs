@@ -1,6 +1,9 @@
 //! The envelope that stands for an externally stored value:
-//! `{"__airflow_state_ref__":"<reference>"}`, byte for byte what Airflow 3.3
-//! writes, so tools that read Airflow's rows read ours.
+//! `{"__airflow_state_ref__": "<reference>"}`, byte for byte what Airflow
+//! 3.3 writes (Python's `json.dumps` with its defaults: a space after the
+//! colon, non-ASCII escaped as `\uXXXX`), so tools that read Airflow's rows
+//! read ours. Any other spelling of the same JSON object reads as an
+//! envelope too.
 
 use std::borrow::Cow;
 
@@ -9,16 +12,43 @@ use serde_json::Value;
 /// The envelope's only key.
 pub const MARKER: &str = "__airflow_state_ref__";
 
+/// What every envelope this module writes starts with.
+const PREFIX: &str = concat!("{\"", "__airflow_state_ref__", "\": ");
+
 /// The stored text of an envelope around `reference`.
 pub fn wrap(reference: &str) -> String {
-    let mut out = Vec::with_capacity(reference.len() + MARKER.len() + 8);
-    out.extend_from_slice(b"{\"");
-    out.extend_from_slice(MARKER.as_bytes());
-    out.extend_from_slice(b"\":");
-    // serde_json escapes exactly as JSON requires; writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, reference);
-    out.push(b'}');
-    String::from_utf8(out).unwrap_or_default()
+    let mut out = String::with_capacity(reference.len() + PREFIX.len() + 3);
+    out.push_str(PREFIX);
+    push_python_json_string(&mut out, reference);
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string the way Python's `json.dumps` writes it:
+/// `"` and `\\` escaped, control characters as `\n`, `\t`, ... or `\u00XX`,
+/// and every non-ASCII character as `\uXXXX` (UTF-16, lowercase hex).
+fn push_python_json_string(out: &mut String, text: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
 }
 
 /// Whether a user value would be mistaken for an envelope when read back.
@@ -39,10 +69,12 @@ pub enum Stored<'a> {
 /// Reads a row's text. `Err` describes a corrupt row: not JSON, or an
 /// envelope whose reference is empty or not a string.
 pub fn unwrap(text: &str) -> Result<Stored<'_>, String> {
-    // Fast path for what `wrap` writes: read the reference without building
-    // a map for the envelope (this runs on every read).
+    // Fast path for what `wrap` writes (and the spelling without the space
+    // that statehost wrote before): read the reference without building a
+    // map for the envelope (this runs on every read).
     let prefix = concat!("{\"", "__airflow_state_ref__", "\":");
     if let Some(rest) = text.strip_prefix(prefix)
+        && let rest = rest.strip_prefix(' ').unwrap_or(rest)
         && let Some(literal) = rest.strip_suffix('}')
         && let Some(reference) = serde_json::from_str::<&str>(literal)
             .map(Cow::Borrowed)
@@ -77,8 +109,18 @@ mod tests {
 
     #[test]
     fn envelopes_are_byte_compatible_and_round_trip() {
-        assert_eq!(wrap("a/b"), r#"{"__airflow_state_ref__":"a/b"}"#);
-        assert_eq!(wrap("q\"\\"), r#"{"__airflow_state_ref__":"q\"\\"}"#);
+        // What Python's json.dumps({"__airflow_state_ref__": ref}) writes.
+        assert_eq!(wrap("a/b"), r#"{"__airflow_state_ref__": "a/b"}"#);
+        assert_eq!(wrap("q\"\\"), r#"{"__airflow_state_ref__": "q\"\\"}"#);
+        assert_eq!(
+            wrap("é\n\u{1}🦀"),
+            r#"{"__airflow_state_ref__": "\u00e9\n\u0001\ud83e\udd80"}"#
+        );
+        // The spelling statehost wrote before still reads.
+        assert_eq!(
+            unwrap(r#"{"__airflow_state_ref__":"a/b"}"#).unwrap(),
+            Stored::Reference("a/b".into())
+        );
         assert_eq!(
             unwrap(&wrap("x y")).unwrap(),
             Stored::Reference("x y".into())

@@ -1,4 +1,13 @@
-//! Finding, loading and constructing backend plugins.
+//! Finding, checking, loading and constructing backend plugins: the host's
+//! half of the plugin boundary.
+//!
+//! This folder owns everything between a name in the config and a backend
+//! the host can call: resolving the name (this file), the guards that run
+//! before any of a library's code does (`guard`), loading it through the
+//! file that was checked and picking the interface it was built against
+//! (`load`), the two interfaces' host halves (`current` for plugin-api 2.x,
+//! `v1` for 1.x) and the log bridge (`logging`). It knows nothing of rows,
+//! envelopes or deadlines.
 //!
 //! Each library is loaded by path (never through abi_stable's per-type
 //! singleton loaders, which would hand back the first library for every
@@ -9,18 +18,25 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
-use abi_stable::std_types::RStr;
-use statehost_plugin_api::__private::{
-    self as abi, AbiLogger, LibraryError, PluginModuleRef, WireHostContext,
-};
+use statehost_plugin_api::__private::{PluginModuleRef, WireHostContext};
 use statehost_plugin_api::{
-    AssetScope, BackendError, Metadata, PLUGIN_API_VERSION, Scope, Serialized, StateBackend,
-    StoredObject, TaskScope,
+    BackendError, Capabilities, Metadata, ScopeRef, Serialized, StateBackend, StateKey,
+    StoredObject, WriteId,
 };
 
+use crate::backend::{Backend, Listed, Text, unsupported};
 use crate::config::Config;
 use crate::error::{Error, Result};
+
+mod current;
+mod guard;
+mod load;
+mod logging;
+mod v1;
+
+use logging::PluginLogger;
 
 /// File names of plugins: `libstatehost_<name>.so`.
 pub const LIBRARY_PREFIX: &str = "libstatehost_";
@@ -101,10 +117,18 @@ pub fn discover(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(found)
 }
 
+/// The root module of a loaded library, by the interface it was built
+/// against.
+#[derive(Clone, Copy)]
+enum Module {
+    Current(PluginModuleRef),
+    V1(v1::Module),
+}
+
 /// A loaded, checked plugin library.
 pub struct PluginLibrary {
     path: PathBuf,
-    module: PluginModuleRef,
+    module: Module,
     metadata: Metadata,
     /// The hash of the loaded bytes, when a pin asked for it.
     sha256: Option<String>,
@@ -128,6 +152,12 @@ impl PluginLibrary {
     /// What the plugin says about itself.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Whether it was built against plugin-api 1.x (one object per key,
+    /// overwritten in place; served with in-process fencing).
+    pub fn is_legacy(&self) -> bool {
+        matches!(self.module, Module::V1(_))
     }
 }
 
@@ -188,7 +218,7 @@ pub fn load_library(path: &Path, policy: &LoadPolicy) -> Result<Arc<PluginLibrar
         }
         return Ok(done);
     }
-    let result = open(path, policy).map(Arc::new);
+    let result = load::open(path, policy).map(Arc::new);
     if let Err(e) = &result {
         log::debug!("loading {} failed: {e}", path.display());
     }
@@ -196,262 +226,27 @@ pub fn load_library(path: &Path, policy: &LoadPolicy) -> Result<Arc<PluginLibrar
     result
 }
 
-fn refused(path: &Path, reason: String) -> Error {
-    Error::PluginRefused {
-        path: path.to_path_buf(),
-        reason,
-    }
+/// A backend made by a loaded library.
+enum Loaded {
+    Current(current::CurrentBackend),
+    Legacy(v1::LegacyBackend),
 }
 
-/// Ownership and write permissions of the library or its directory.
-fn check_permissions(
-    path: &Path,
-    what: &str,
-    meta: &std::fs::Metadata,
-    policy: &LoadPolicy,
-) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let problem = if meta.uid() != me && meta.uid() != 0 {
-        Some(format!(
-            "the {what} {} is owned by uid {}, neither you (uid {me}) nor root; `chown` it",
-            path.display(),
-            meta.uid()
-        ))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "the {what} {} is writable by group or others (mode {:o}); run `chmod go-w {}`",
-            path.display(),
-            meta.mode() & 0o7777,
-            path.display()
-        ))
-    } else {
-        None
-    };
-    match problem {
-        None => Ok(()),
-        Some(problem) if policy.allow_insecure_permissions => {
-            log::warn!(
-                "loading anyway because [core] allow_insecure_plugin_permissions = true: {problem}"
-            );
-            Ok(())
-        }
-        Some(problem) => Err(refused(
-            path,
-            format!(
-                "{problem}, or set [core] allow_insecure_plugin_permissions = true to load it anyway"
-            ),
-        )),
-    }
-}
-
-/// Everything that must hold before the library's code may run. Returns the
-/// opened file: the bytes that were checked are the bytes that get loaded.
-fn guard(path: &Path, policy: &LoadPolicy) -> Result<std::fs::File> {
-    use std::io::Read;
-    let canonical = std::fs::canonicalize(path).map_err(|e| Error::PluginUnreadable {
-        path: path.to_path_buf(),
-        message: format!("cannot open it ({e})"),
-    })?;
-    if let Some(dir) = &policy.confine_to {
-        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
-        if !canonical.starts_with(&dir) {
-            return Err(refused(
-                path,
-                format!(
-                    "it leads to {}, outside the plugin directory {}; install the library itself there, or name it by path",
-                    canonical.display(),
-                    dir.display()
-                ),
-            ));
-        }
-    }
-    let mut file = std::fs::File::open(&canonical).map_err(|e| Error::PluginUnreadable {
-        path: path.to_path_buf(),
-        message: format!("cannot open it ({e})"),
-    })?;
-    let meta = file.metadata().map_err(|e| Error::PluginUnreadable {
-        path: path.to_path_buf(),
-        message: format!("cannot read its metadata ({e})"),
-    })?;
-    if !meta.is_file() {
-        return Err(refused(path, "it is not a regular file".to_string()));
-    }
-    check_permissions(&canonical, "library", &meta, policy)?;
-    if let Some(dir) = canonical.parent()
-        && let Ok(dir_meta) = std::fs::metadata(dir)
-    {
-        check_permissions(dir, "directory", &dir_meta, policy)?;
-    }
-    let mut magic = [0u8; 4];
-    match file.read_exact(&mut magic) {
-        Ok(()) if magic == *b"\x7fELF" => {}
-        Ok(()) => {
-            return Err(Error::NotSharedLibrary {
-                path: path.to_path_buf(),
-                reason: "the file has no ELF header".to_string(),
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(Error::NotSharedLibrary {
-                path: path.to_path_buf(),
-                reason: "the file is too short to be one".to_string(),
-            });
-        }
-        Err(e) => {
-            return Err(Error::PluginUnreadable {
-                path: path.to_path_buf(),
-                message: format!("cannot read it ({e})"),
-            });
-        }
-    }
-    Ok(file)
-}
-
-fn sha256_of(file: &mut std::fs::File) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-fn open(path: &Path, policy: &LoadPolicy) -> Result<PluginLibrary> {
-    use std::os::fd::AsRawFd;
-    let mut file = guard(path, policy)?;
-    let sha256 = match &policy.sha256 {
-        None => None,
-        Some(pin) => {
-            let actual = sha256_of(&mut file).map_err(|e| Error::PluginUnreadable {
-                path: path.to_path_buf(),
-                message: format!("cannot read it to hash it ({e})"),
-            })?;
-            if &actual != pin {
-                return Err(refused(
-                    path,
-                    format!(
-                        "its sha256 is {actual} but [workers] state_backend_sha256 pins {pin}; install the pinned build or update the pin"
-                    ),
-                ));
-            }
-            Some(actual)
-        }
-    };
-    // Load the file that was checked, through its open descriptor, so that
-    // swapping the path after the checks changes nothing.
-    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let load_path = if fd_path.exists() {
-        fd_path
-    } else {
-        path.to_path_buf()
-    };
-    let loaded = abi::lib_header_from_path(&load_path);
-    if !matches!(loaded, Err(LibraryError::OpenError { .. })) {
-        // The dynamic linker now knows the library by the name
-        // /proc/self/fd/N and would hand it back for any later library that
-        // got the same descriptor number: keep the descriptor open for the
-        // life of the process (libraries are never unloaded anyway).
-        std::mem::forget(file);
-    }
-    let header = loaded.map_err(|e| match e {
-        LibraryError::OpenError { err, .. } => Error::NotSharedLibrary {
-            path: path.to_path_buf(),
-            reason: first_line(&err.to_string()),
-        },
-        LibraryError::GetSymbolError { .. } => Error::NotAPlugin {
-            path: path.to_path_buf(),
-        },
-        other => Error::PluginBroken {
-            path: path.to_path_buf(),
-            message: format!(
-                "it was built with an incompatible abi_stable ({}); rebuild it against statehost-plugin-api {PLUGIN_API_VERSION}",
-                first_line(&other.to_string())
-            ),
-        },
-    })?;
-    let built_with = header.version_strings().version.to_string();
-    let module = header
-        .init_root_module::<PluginModuleRef>()
-        .map_err(|e| match e {
-            LibraryError::IncompatibleVersionNumber { .. } => Error::IncompatiblePlugin {
-                path: path.to_path_buf(),
-                built_with: built_with.clone(),
-                expected: PLUGIN_API_VERSION.to_string(),
-                problem: "an incompatible version".to_string(),
-            },
-            // abi_stable's own report is many kilobytes of type layouts:
-            // the versions say what the operator needs to know.
-            LibraryError::AbiInstability(_) => Error::IncompatiblePlugin {
-                path: path.to_path_buf(),
-                built_with: built_with.clone(),
-                expected: PLUGIN_API_VERSION.to_string(),
-                problem: "whose interface layout differs from this host's".to_string(),
-            },
-            other => Error::PluginBroken {
-                path: path.to_path_buf(),
-                message: format!(
-                    "its root module failed to initialise: {}",
-                    first_line(&other.to_string())
-                ),
-            },
-        })?;
-    let metadata = abi::read_metadata(module).map_err(|e| Error::PluginBroken {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(PluginLibrary {
-        path: path.to_path_buf(),
-        module,
-        metadata,
-        sha256,
-    })
-}
-
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().trim().to_string()
-}
-
-/// Sends a plugin's log records to the host's logger, under the plugin's
-/// name (`statehost::plugin::<name>`).
-struct PluginLogger {
-    target: String,
-}
-
-impl AbiLogger for PluginLogger {
-    fn log(&self, level: u8, _target: RStr<'_>, message: RStr<'_>) {
-        let level = match level {
-            1 => log::Level::Error,
-            2 => log::Level::Warn,
-            3 => log::Level::Info,
-            4 => log::Level::Debug,
-            _ => log::Level::Trace,
-        };
-        if level > log::max_level() {
-            return;
-        }
-        log::logger().log(
-            &log::Record::builder()
-                .level(level)
-                .target(&self.target)
-                .args(format_args!("{}", message.as_str()))
-                .build(),
-        );
-    }
-}
-
-/// A backend constructed from a loaded plugin. It implements
-/// [`StateBackend`], so the rest of the host does not care whether a backend
-/// is in-process or behind a `.so`.
-#[derive(Debug)]
+/// A backend constructed from a loaded plugin. It implements the host's
+/// [`Backend`] (reads lend the plugin's buffer) and, for callers outside
+/// the host, [`StateBackend`], so neither the host nor the tests care
+/// whether a backend is in-process or behind a `.so`.
 pub struct LoadedBackend {
     library: Arc<PluginLibrary>,
-    backend: abi::ForeignBackend,
+    backend: Loaded,
+}
+
+impl std::fmt::Debug for LoadedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedBackend")
+            .field("library", &self.library)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoadedBackend {
@@ -467,35 +262,57 @@ impl LoadedBackend {
             load_library(path, &LoadPolicy::default())?,
             options,
             config_dir,
+            None,
         )
     }
 
-    /// Constructs a backend from an already loaded library.
+    /// Constructs a backend from an already loaded library. With a
+    /// `deadline`, a constructor that has not returned by then is abandoned
+    /// (it goes on in the background; what it makes is dropped).
     pub fn construct(
         library: Arc<PluginLibrary>,
         options: &serde_json::Value,
         config_dir: Option<&Path>,
+        deadline: Option<Duration>,
     ) -> Result<LoadedBackend> {
         let name = library.metadata.name.clone();
-        let context = WireHostContext {
-            config_dir: config_dir.map(|d| d.display().to_string()),
-            max_level: Some(log::max_level().to_string().to_lowercase()),
-        };
         let options = if options.is_null() {
             String::new()
         } else {
             options.to_string()
         };
-        let logger = PluginLogger {
-            target: format!("statehost::plugin::{name}"),
+        let config_dir = config_dir.map(|d| d.display().to_string());
+        let max_level = Some(log::max_level().to_string().to_lowercase());
+        let logger = PluginLogger::new(&name);
+        let module = library.module;
+        let make = move || match module {
+            Module::Current(module) => current::construct(
+                module,
+                &options,
+                &WireHostContext {
+                    config_dir,
+                    max_level,
+                },
+                logger,
+            )
+            .map(Loaded::Current),
+            Module::V1(module) => {
+                v1::construct(module, &options, config_dir, max_level, logger).map(Loaded::Legacy)
+            }
         };
-        let backend =
-            abi::construct(library.module, &options, &context, logger).map_err(|error| {
-                Error::Construct {
-                    plugin: name.clone(),
-                    error,
-                }
-            })?;
+        let backend = match deadline {
+            None => make(),
+            Some(deadline) => within(deadline, make).unwrap_or_else(|| {
+                Err(BackendError::unavailable(format!(
+                    "it did not start within {} ms ([workers] state_backend_timeout_ms); is its storage reachable?",
+                    deadline.as_millis()
+                )))
+            }),
+        }
+        .map_err(|error| Error::Construct {
+            plugin: name.clone(),
+            error,
+        })?;
         log::debug!(
             "constructed backend `{name}` {} from {}",
             library.metadata.version,
@@ -513,61 +330,182 @@ impl LoadedBackend {
     pub fn path(&self) -> &Path {
         &self.library.path
     }
+
+    /// Whether it was built against plugin-api 1.x.
+    pub fn is_legacy(&self) -> bool {
+        self.library.is_legacy()
+    }
+}
+
+/// Runs `f` on a thread of its own and waits for it until `deadline`;
+/// `None` if it has not finished by then (it goes on, its result dropped).
+fn within<T: Send + 'static>(
+    deadline: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("statehost-construct".into())
+        .spawn(move || {
+            let _ = sender.send(f());
+        })
+        .ok()?;
+    receiver.recv_timeout(deadline).ok()
+}
+
+const LEGACY_WRITE: &str = "this plugin was built against plugin-api 1.x: it overwrites one object per key and cannot keep a write of its own; the host serves it with in-process fencing";
+
+impl Backend for LoadedBackend {
+    fn unique_references(&self) -> bool {
+        !self.is_legacy()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.library.metadata.capability_flags()
+    }
+
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> std::result::Result<Serialized, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.serialize(at, write_id, value),
+            Loaded::Legacy(b) => b.serialize(at, value),
+        }
+    }
+
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> std::result::Result<Text, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.deserialize(reference, owner),
+            Loaded::Legacy(b) => b.deserialize(reference, owner),
+        }
+    }
+
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> std::result::Result<bool, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.delete_object(reference, owner),
+            Loaded::Legacy(_) => Err(unsupported(
+                "plugin-api 1.x backends cannot delete one exact object; delete the key instead",
+            )),
+        }
+    }
+
+    fn delete(&self, at: StateKey<'_>) -> std::result::Result<(), BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.delete(at),
+            Loaded::Legacy(b) => b.delete(at),
+        }
+    }
+
+    fn clear(
+        &self,
+        scope: ScopeRef<'_>,
+        all_map_indices: bool,
+    ) -> std::result::Result<(), BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.clear(scope, all_map_indices),
+            Loaded::Legacy(b) => b.clear(scope, all_map_indices),
+        }
+    }
+
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> std::result::Result<Vec<Listed>, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.list(scope),
+            Loaded::Legacy(b) => b.list(scope),
+        }
+    }
+
+    fn sweep(&self, older_than: SystemTime) -> std::result::Result<usize, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.sweep(older_than),
+            Loaded::Legacy(b) => b.sweep(older_than),
+        }
+    }
 }
 
 impl StateBackend for LoadedBackend {
-    fn serialize_task_state(
+    fn serialize(
         &self,
-        scope: &TaskScope,
-        key: &str,
+        at: StateKey<'_>,
+        write_id: WriteId,
         value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.backend.serialize_task_state(scope, key, value)
+    ) -> std::result::Result<Serialized, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.serialize(at, write_id, value),
+            Loaded::Legacy(_) => Err(unsupported(LEGACY_WRITE)),
+        }
     }
-    fn deserialize_task_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.backend.deserialize_task_state(reference)
-    }
-    fn serialize_asset_state(
-        &self,
-        scope: &AssetScope,
-        key: &str,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        self.backend.serialize_asset_state(scope, key, value)
-    }
-    fn deserialize_asset_state(&self, reference: &str) -> Result<String, BackendError> {
-        self.backend.deserialize_asset_state(reference)
-    }
-    fn visit_task_state(
+
+    fn deserialize(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        self.backend.visit_task_state(reference, visit)
+        owner: Option<StateKey<'_>>,
+    ) -> std::result::Result<String, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.deserialize_owned(reference, owner),
+            Loaded::Legacy(b) => match b.deserialize(reference, owner)? {
+                Text::Plugin(bytes) => String::from_utf8(bytes.into_vec()).map_err(|e| {
+                    BackendError::invalid_input(format!(
+                        "the plugin returned a value that is not UTF-8 ({e})"
+                    ))
+                }),
+                Text::Host(s) => Ok(s),
+            },
+        }
     }
-    fn visit_asset_state(
+
+    fn delete_object(
         &self,
         reference: &str,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), BackendError> {
-        self.backend.visit_asset_state(reference, visit)
+        owner: Option<StateKey<'_>>,
+    ) -> std::result::Result<bool, BackendError> {
+        Backend::delete_object(self, reference, owner)
     }
-    fn delete(&self, scope: &Scope, key: &str) -> Result<(), BackendError> {
-        self.backend.delete(scope, key)
+
+    fn delete(&self, at: StateKey<'_>) -> std::result::Result<(), BackendError> {
+        Backend::delete(self, at)
     }
-    fn clear(&self, scope: &Scope, all_map_indices: bool) -> Result<(), BackendError> {
-        self.backend.clear(scope, all_map_indices)
+
+    fn clear(
+        &self,
+        scope: ScopeRef<'_>,
+        all_map_indices: bool,
+    ) -> std::result::Result<(), BackendError> {
+        Backend::clear(self, scope, all_map_indices)
     }
-    fn list(&self, scope: Option<&Scope>) -> Result<Vec<StoredObject>, BackendError> {
-        self.backend.list(scope)
+
+    fn list(
+        &self,
+        scope: Option<ScopeRef<'_>>,
+    ) -> std::result::Result<Vec<StoredObject>, BackendError> {
+        Ok(Backend::list(self, scope)?
+            .into_iter()
+            .map(|o| StoredObject {
+                reference: o.reference,
+                write_id: o.write_id,
+                modified: o.modified,
+            })
+            .collect())
     }
-    fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
-        self.backend.sweep(older_than)
+
+    fn sweep(&self, older_than: SystemTime) -> std::result::Result<usize, BackendError> {
+        Backend::sweep(self, older_than)
     }
 }
 
-/// Loads the configured backend: resolution, library, construction, with
-/// the "no such plugin" error listing what the plugin directory holds.
+/// Loads the configured backend: resolution, library, construction (within
+/// the call deadline), with the "no such plugin" error listing what the
+/// plugin directory holds.
 pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
     let Some(spec) = config.state_backend.as_deref() else {
         return Ok(None);
@@ -608,6 +546,7 @@ pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
         library,
         &config.backend_options(&section),
         Some(&config.base_dir),
+        config.limits.deadline,
     )
     .map(Some)
 }

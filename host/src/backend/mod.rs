@@ -1,0 +1,234 @@
+//! Every backend call goes through here.
+//!
+//! This folder owns how the host talks to a backend, whatever it is: the
+//! [`Backend`] interface (what the host needs from a plugin or an
+//! in-process backend), [`Calls`] (the deadline and the in-flight cap every
+//! call is subject to, on a fixed set of threads) and [`Reaper`] (objects
+//! replaced by a newer write, deleted once a call deadline has passed). It
+//! knows nothing of rows, envelopes or the metadata store's schema.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use abi_stable::std_types::RVec;
+use statehost_plugin_api::{
+    BackendError, Capabilities, ErrorKind, Scope, ScopeRef, Serialized, StateBackend, StateKey,
+    WriteId,
+};
+
+mod calls;
+pub(crate) mod reaper;
+
+pub use calls::{Busy, Calls, Limits, Marker};
+pub use reaper::Reaper;
+
+/// A value's JSON text as a backend returned it: in the host's memory, or
+/// in the plugin's own buffer, lent without a copy (and freed by the
+/// plugin's allocator when dropped). The bytes are not checked for UTF-8:
+/// a broken plugin can return anything, so parse them with a parser that
+/// checks (`serde_json::from_slice`).
+#[derive(Debug)]
+pub enum Text {
+    /// Made by an in-process backend.
+    Host(String),
+    /// Made by a plugin (its bytes, not yet checked).
+    Plugin(RVec<u8>),
+}
+
+impl Text {
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Host(s) => s.as_bytes(),
+            Text::Plugin(s) => s.as_slice(),
+        }
+    }
+}
+
+/// One object a backend holds, as garbage collection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The reference that reads and deletes it.
+    pub reference: String,
+    /// The write that made it, when the reference carries one.
+    pub write_id: Option<WriteId>,
+    /// When the storage last modified it.
+    pub modified: Option<SystemTime>,
+    /// Its scope and key, when the backend says (plugin-api 1.x backends
+    /// do; gc deletes their objects by key).
+    pub owner: Option<(Scope, String)>,
+}
+
+/// What the host needs from a backend: the operations of the plugin-api
+/// trait, with reads that lend the plugin's buffer, plus what the backend
+/// can do. Implemented by loaded plugins
+/// ([`LoadedBackend`](crate::plugin::LoadedBackend)) and by in-process
+/// backends ([`InProcess`]).
+pub trait Backend: Send + Sync + 'static {
+    /// Whether each write is an object of its own (plugin-api 2.x). A
+    /// plugin-api 1.x backend overwrites one object per key in place, and
+    /// the host then serves it with in-process fencing.
+    fn unique_references(&self) -> bool;
+    /// The optional operations it declared.
+    fn capabilities(&self) -> Capabilities;
+    /// [`StateBackend::serialize`]; 1.x backends ignore the write id.
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError>;
+    /// [`StateBackend::deserialize`].
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<Text, BackendError>;
+    /// [`StateBackend::delete_object`]; unsupported by 1.x backends.
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError>;
+    /// [`StateBackend::delete`].
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError>;
+    /// [`StateBackend::clear`].
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError>;
+    /// [`StateBackend::list`].
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<Listed>, BackendError>;
+    /// [`StateBackend::sweep`].
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError>;
+}
+
+impl std::fmt::Debug for dyn Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("unique_references", &self.unique_references())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A backend running in this process (tests, embedding): any
+/// [`StateBackend`], with the capabilities it supports.
+#[derive(Debug)]
+pub struct InProcess<B> {
+    backend: B,
+    capabilities: Capabilities,
+}
+
+impl<B: StateBackend + 'static> InProcess<B> {
+    /// `backend`, which implements the optional operations `capabilities`
+    /// names.
+    pub fn new(backend: B, capabilities: Capabilities) -> Self {
+        InProcess {
+            backend,
+            capabilities,
+        }
+    }
+
+    /// The backend itself.
+    pub fn inner(&self) -> &B {
+        &self.backend
+    }
+}
+
+impl<B: StateBackend + 'static> Backend for InProcess<B> {
+    fn unique_references(&self) -> bool {
+        true
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        self.backend.serialize(at, write_id, value)
+    }
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<Text, BackendError> {
+        self.backend.deserialize(reference, owner).map(Text::Host)
+    }
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        self.backend.delete_object(reference, owner)
+    }
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.backend.delete(at)
+    }
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        self.backend.clear(scope, all_map_indices)
+    }
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<Listed>, BackendError> {
+        Ok(self
+            .backend
+            .list(scope)?
+            .into_iter()
+            .map(|o| Listed {
+                reference: o.reference,
+                write_id: o.write_id,
+                modified: o.modified,
+                owner: None,
+            })
+            .collect())
+    }
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
+        self.backend.sweep(older_than)
+    }
+}
+
+impl<T: Backend + ?Sized> Backend for Arc<T> {
+    fn unique_references(&self) -> bool {
+        (**self).unique_references()
+    }
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        (**self).serialize(at, write_id, value)
+    }
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<Text, BackendError> {
+        (**self).deserialize(reference, owner)
+    }
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        (**self).delete_object(reference, owner)
+    }
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        (**self).delete(at)
+    }
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        (**self).clear(scope, all_map_indices)
+    }
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<Listed>, BackendError> {
+        (**self).list(scope)
+    }
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
+        (**self).sweep(older_than)
+    }
+}
+
+/// The error of an operation a backend cannot do.
+pub(crate) fn unsupported(what: &str) -> BackendError {
+    BackendError::new(ErrorKind::Unsupported, what.to_string())
+}

@@ -1,0 +1,191 @@
+//! The host's half of the plugin-api 2.x boundary: a backend object made by
+//! a loaded plugin, driven through the `abi_stable` types the plugin side
+//! exports.
+
+use abi_stable::std_types::{ROption, RString};
+use statehost_plugin_api::__private::{
+    AbiLogger_TO, AbiOwner, BackendObject, ListRequest, PluginModuleRef, WireHostContext,
+    WireObject, from_unix_ms, unix_ms,
+};
+use statehost_plugin_api::{BackendError, Metadata, ScopeRef, Serialized, StateKey, WriteId};
+
+use super::logging::PluginLogger;
+use crate::backend::{Listed, Text};
+
+/// A backend living in a loaded 2.x plugin.
+pub(crate) struct CurrentBackend {
+    object: BackendObject,
+}
+
+impl std::fmt::Debug for CurrentBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentBackend").finish_non_exhaustive()
+    }
+}
+
+/// Reads and decodes a plugin's metadata.
+pub(crate) fn read_metadata(module: PluginModuleRef) -> Result<Metadata, BackendError> {
+    let json = (module.metadata())();
+    serde_json::from_slice(json.into_bytes().as_slice()).map_err(|e| {
+        BackendError::invalid_input(format!("the plugin's metadata is not valid: {e}"))
+    })
+}
+
+/// Constructs a backend through a plugin's root module.
+pub(crate) fn construct(
+    module: PluginModuleRef,
+    options: &str,
+    host: &WireHostContext,
+    logger: PluginLogger,
+) -> Result<CurrentBackend, BackendError> {
+    let host = serde_json::to_string(host).unwrap_or_default();
+    let logger = AbiLogger_TO::from_value(logger, abi_stable::sabi_trait::TD_Opaque);
+    let object = (module.new_backend())(options.into(), host.as_str().into(), logger)
+        .into_result()
+        .map_err(|e| e.into_error())?;
+    Ok(CurrentBackend { object })
+}
+
+/// Takes a string the plugin made as text, checking that it really is
+/// UTF-8 (a broken plugin can hand over any bytes).
+fn text(s: RString, what: &str) -> Result<String, BackendError> {
+    std::str::from_utf8(s.into_bytes().as_slice())
+        .map(str::to_owned)
+        .map_err(|e| {
+            BackendError::invalid_input(format!(
+                "the plugin returned {what} that is not UTF-8 ({e})"
+            ))
+        })
+}
+
+fn owner(at: Option<StateKey<'_>>) -> ROption<AbiOwner<'_>> {
+    match at {
+        Some(at) => ROption::RSome(at.into()),
+        None => ROption::RNone,
+    }
+}
+
+impl CurrentBackend {
+    pub(crate) fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        match self
+            .object
+            .serialize(
+                at.scope.into(),
+                at.key.into(),
+                write_id.into(),
+                value.into(),
+            )
+            .into_result()
+            .map_err(|e| e.into_error())?
+        {
+            ROption::RSome(r) => text(r, "a reference").map(Serialized::Reference),
+            ROption::RNone => Ok(Serialized::Inline),
+        }
+    }
+
+    /// The value, in the plugin's own buffer: no copy.
+    pub(crate) fn deserialize(
+        &self,
+        reference: &str,
+        at: Option<StateKey<'_>>,
+    ) -> Result<Text, BackendError> {
+        self.object
+            .deserialize(reference.into(), owner(at))
+            .into_result()
+            .map(|s| Text::Plugin(s.into_bytes()))
+            .map_err(|e| e.into_error())
+    }
+
+    /// The value, copied into the host's memory and checked for UTF-8.
+    pub(crate) fn deserialize_owned(
+        &self,
+        reference: &str,
+        at: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        match self.deserialize(reference, at)? {
+            Text::Plugin(bytes) => String::from_utf8(bytes.into_vec()).map_err(|e| {
+                BackendError::invalid_input(format!(
+                    "the plugin returned a value that is not UTF-8 ({e})"
+                ))
+            }),
+            Text::Host(s) => Ok(s),
+        }
+    }
+
+    pub(crate) fn delete_object(
+        &self,
+        reference: &str,
+        at: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        self.object
+            .delete_object(reference.into(), owner(at))
+            .into_result()
+            .map_err(|e| e.into_error())
+    }
+
+    pub(crate) fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.object
+            .delete(at.scope.into(), at.key.into())
+            .into_result()
+            .map_err(|e| e.into_error())
+    }
+
+    pub(crate) fn clear(
+        &self,
+        scope: ScopeRef<'_>,
+        all_map_indices: bool,
+    ) -> Result<(), BackendError> {
+        self.object
+            .clear(scope.into(), all_map_indices)
+            .into_result()
+            .map_err(|e| e.into_error())
+    }
+
+    pub(crate) fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<Listed>, BackendError> {
+        let request = ListRequest {
+            scope: scope.map(Into::into),
+        };
+        let request = serde_json::to_string(&request).unwrap_or_default();
+        let json = self
+            .object
+            .list(request.as_str().into())
+            .into_result()
+            .map_err(|e| e.into_error())?;
+        let wire: Vec<WireObject> =
+            serde_json::from_slice(json.into_bytes().as_slice()).map_err(|e| {
+                BackendError::invalid_input(format!("the plugin's listing is not valid JSON: {e}"))
+            })?;
+        wire.into_iter()
+            .map(|o| {
+                let write_id = match o.write_id {
+                    None => None,
+                    Some(text) => Some(text.parse::<WriteId>().map_err(|_| {
+                        BackendError::invalid_input(format!(
+                            "the plugin's listing holds {text:?} as the write id of {:?}",
+                            o.reference
+                        ))
+                    })?),
+                };
+                Ok(Listed {
+                    reference: o.reference,
+                    write_id,
+                    modified: o.modified_unix_ms.and_then(from_unix_ms),
+                    owner: None,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn sweep(&self, older_than: std::time::SystemTime) -> Result<usize, BackendError> {
+        self.object
+            .sweep(unix_ms(older_than).unwrap_or(0))
+            .into_result()
+            .map(|n| n as usize)
+            .map_err(|e| e.into_error())
+    }
+}

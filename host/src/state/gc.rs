@@ -1,0 +1,180 @@
+//! Garbage collection: expired task rows and the objects behind them, and
+//! (for backends that can list) objects no row references.
+//!
+//! Expiry deletes rows by the database's clock, each handing back what it
+//! held, and then exactly those objects. The orphan pass takes the
+//! database's time `T0` first, then lists the backend's objects, then reads
+//! every row's reference, and deletes an object only if no row references
+//! it and `T0` is more than `[state_store] orphan_grace` past its write id.
+//! A write still on its way (object written, row not yet) is younger than
+//! that: its row write is refused once it is half the grace old. So gc,
+//! even on two machines at once, never removes an object a row references.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use statehost_plugin_api::{BackendError, StateKey};
+
+use super::{StateHost, backend_error, reference_in, row_scope};
+use crate::backend::Listed;
+use crate::error::Result;
+
+/// Rows expired per transaction.
+const BATCH: usize = 1000;
+
+/// What gc did (or would do, with `dry_run`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GcReport {
+    /// Nothing was deleted.
+    pub dry_run: bool,
+    /// Expired task rows deleted.
+    pub expired_rows: usize,
+    /// Objects deleted behind those rows (ones already gone not counted).
+    pub objects: usize,
+    /// Objects no row referenced, deleted; `None` when the backend cannot
+    /// list.
+    pub orphans: Option<usize>,
+    /// Leftovers of interrupted writes removed (temporary files); `None` in
+    /// a dry run or when the backend cannot sweep.
+    pub swept: Option<usize>,
+}
+
+pub(super) fn run(
+    host: &StateHost,
+    dry_run: bool,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<GcReport> {
+    let inner = host.inner();
+    let mut report = GcReport {
+        dry_run,
+        ..GcReport::default()
+    };
+    if dry_run {
+        let expired = inner.store.expired_task_rows(usize::MAX)?;
+        report.expired_rows = expired.len();
+        if inner.calls().is_some() {
+            report.objects = expired
+                .iter()
+                .filter(|r| reference_in(&r.value).is_some())
+                .count();
+        }
+    } else if let Some(fencing) = &inner.legacy {
+        let (rows, objects) = super::legacy::expire(inner, fencing, &mut progress)?;
+        report.expired_rows = rows;
+        report.objects = objects;
+    } else {
+        loop {
+            let rows = inner.store.delete_expired_task_rows(BATCH)?;
+            if rows.is_empty() {
+                break;
+            }
+            report.expired_rows += rows.len();
+            let rows: Vec<_> = rows
+                .into_iter()
+                .map(|row| (row_scope(&row), row.key, row.value))
+                .collect();
+            report.objects += inner.delete_objects(&rows)?;
+            progress(report.expired_rows, 0);
+        }
+    }
+    let Some(calls) = inner.calls() else {
+        return Ok(report);
+    };
+    let capabilities = calls.backend().capabilities();
+    if capabilities.list {
+        report.orphans = Some(orphans(host, dry_run)?);
+    }
+    if !dry_run && capabilities.sweep {
+        let older_than = SystemTime::now()
+            .checked_sub(inner.settings.orphan_grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        report.swept = Some(
+            calls
+                .run_plain("sweep", move |b| b.sweep(older_than))
+                .map_err(|e| backend_error(calls.name(), "sweep", &"all scopes", "", e))?,
+        );
+    }
+    Ok(report)
+}
+
+/// Deletes (or counts) objects that no row references and that are older
+/// than the grace.
+fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
+    let inner = host.inner();
+    let calls = inner.calls().expect("checked by the caller");
+    // One clock: the database's time, taken before listing.
+    let t0 = inner.store.now()?;
+    let listed: Vec<Listed> = calls
+        .run_plain("list", |b| b.list(None))
+        .map_err(|e| backend_error(calls.name(), "list", &"all scopes", "", e))?;
+    if let Some(bad) = listed.iter().find(|o| o.reference.is_empty()) {
+        return Err(backend_error(
+            calls.name(),
+            "list",
+            &"all scopes",
+            "",
+            BackendError::invalid_input(format!(
+                "its listing holds an empty reference (modified {:?}); nothing was collected",
+                bad.modified
+            )),
+        ));
+    }
+    // Then every row's reference, expired rows included.
+    let mut referenced = HashSet::new();
+    inner.store.for_each_stored(&mut |text| {
+        if let Some(r) = reference_in(text) {
+            referenced.insert(r);
+        }
+    })?;
+    let grace_ms = inner.settings.orphan_grace.as_millis() as i64;
+    let now = SystemTime::now();
+    let mut count = 0;
+    for object in listed {
+        if referenced.contains(&object.reference) {
+            continue;
+        }
+        let old_enough = match (object.write_id, object.modified) {
+            // By the write id, on the database's clock.
+            (Some(id), _) => t0 - id.unix_ms() as i64 > grace_ms,
+            // Objects of 1.x backends carry no write id: by the storage's
+            // modification time.
+            (None, Some(modified)) => now
+                .duration_since(modified)
+                .is_ok_and(|age| age > inner.settings.orphan_grace),
+            (None, None) => false,
+        };
+        if !old_enough {
+            continue;
+        }
+        if dry_run {
+            count += 1;
+            continue;
+        }
+        let removed = match &inner.legacy {
+            Some(fencing) => super::legacy::delete_orphan(inner, fencing, &object)?,
+            None => {
+                let owner = object.owner.clone();
+                let reference = object.reference.clone();
+                calls
+                    .run_plain("delete_object", move |b| {
+                        let at = owner.as_ref().map(|(scope, key)| StateKey {
+                            scope: scope.as_ref(),
+                            key,
+                        });
+                        b.delete_object(&reference, at)
+                    })
+                    .map_err(|e| {
+                        backend_error(
+                            calls.name(),
+                            "delete",
+                            &"an orphaned object",
+                            &object.reference,
+                            e,
+                        )
+                    })?
+            }
+        };
+        count += usize::from(removed);
+    }
+    Ok(count)
+}

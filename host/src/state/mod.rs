@@ -1,0 +1,830 @@
+//! [`StateHost`]: the backend and the metadata store together, and the
+//! task-state and asset-state accessors on top.
+//!
+//! This folder owns the paths of state: `task` and `asset` (the
+//! accessors), `envelope` (what a row holds for an external value), `gc`
+//! (expiry and orphans) and `legacy` (the fencing that serves plugin-api
+//! 1.x backends). It drives the store and the backend only through their
+//! interfaces ([`MetadataStore`], [`Calls`]).
+//!
+//! The order of every path, which keeps the five consistency guarantees
+//! (see ARCHITECTURE.md):
+//!
+//! * `set`: validate, mint a write id, the backend writes a new object,
+//!   then one fenced upsert swaps the row and hands back what it replaced;
+//!   the replaced object is deleted a call deadline later. If the row write
+//!   fails for sure, the new object is deleted at once; if its outcome is
+//!   unknown, nothing is undone.
+//! * `get`: the row, then its object; an object gone missing makes the row
+//!   be read again (it moved on), and only a row that still points at a
+//!   missing object is an error.
+//! * `delete`, `clear`, gc expiry: the rows go first, handing back what
+//!   they held, then exactly those objects. A failure after the rows
+//!   changed leaves an orphan for gc, never a dangling row.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use statehost_plugin_api::{
+    BackendError, ErrorKind, Scope, Serialized, StateKey, WriteId, validate_key,
+};
+
+use crate::backend::{Backend, Calls, InProcess, Limits, Reaper, Text};
+use crate::config::{Config, StateStoreSettings};
+use crate::error::{Error, Result};
+use crate::plugin;
+use crate::store::{Fence, MetadataStore, Row, RowOwner};
+
+mod asset;
+pub mod envelope;
+mod gc;
+mod legacy;
+mod task;
+
+pub use asset::{AssetState, AssetStates};
+pub use gc::GcReport;
+pub use task::{Retention, TaskState};
+
+use envelope::Stored;
+
+/// The clock write ids are minted by. Everything else (expiry, fencing,
+/// gc's age of objects) uses the database's clock.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default()
+    }
+}
+
+/// The system's clock, off by a fixed amount: a worker whose clock is
+/// wrong (for tests of clock skew).
+#[derive(Debug, Clone, Copy)]
+pub struct SkewedClock {
+    /// Milliseconds added to the system's clock (negative: behind).
+    pub skew_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms() + self.skew_ms
+    }
+}
+
+/// How many objects may wait for their delayed deletion before a write
+/// deletes the object it replaced at once (a bound on the storage a burst
+/// of overwrites holds on to).
+const REAPER_CAPACITY: usize = 1024;
+
+/// How often a read re-reads a row whose object went missing because the
+/// row moved on (each time, another writer replaced it meanwhile).
+const READ_ATTEMPTS: usize = 16;
+
+pub(crate) struct Inner {
+    backend: Option<Arc<Calls>>,
+    reaper: Option<Reaper>,
+    legacy: Option<Arc<legacy::Fencing>>,
+    store: Arc<dyn MetadataStore>,
+    settings: StateStoreSettings,
+    clock: Arc<dyn Clock>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Replaced objects still waiting go now, rather than to gc.
+        if let Some(reaper) = &self.reaper {
+            reaper.flush();
+        }
+    }
+}
+
+/// The backend (or none) and the metadata store of a process. Cheap to
+/// clone; every clone and thread shares the same backend and store.
+#[derive(Clone)]
+pub struct StateHost {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StateHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateHost")
+            .field("backend", &self.backend_name())
+            .field("store", &self.inner.store.describe())
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the store named by `[database] url`.
+pub fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
+    if config.database_url == "memory://" {
+        return Ok(Arc::new(crate::store::MemoryStore::new()));
+    }
+    if config.database_url.starts_with("postgresql://")
+        || config.database_url.starts_with("postgres://")
+    {
+        #[cfg(feature = "postgres")]
+        {
+            // A statement stalled longer than this (a lock held too long)
+            // fails rather than committing a fenced write late.
+            let timeout = (config.state_store.orphan_grace / 4).min(Duration::from_secs(30));
+            return Ok(Arc::new(crate::store::PostgresStore::open(
+                &config.database_url,
+                timeout,
+            )?));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::Config {
+            source_name: "[database] url".to_string(),
+            message: "this build has no PostgreSQL support; rebuild statehost with the `postgres` feature".to_string(),
+        });
+    }
+    let location = crate::store::SqliteLocation::parse(&config.database_url, &config.base_dir)?;
+    Ok(Arc::new(crate::store::SqliteStore::open_with(
+        location,
+        config.synchronous,
+    )?))
+}
+
+/// Builds a [`StateHost`] from parts: any store, any backend (in-process
+/// or loaded), any settings.
+#[derive(Debug)]
+pub struct Builder {
+    store: Arc<dyn MetadataStore>,
+    backend: Option<(String, Arc<dyn Backend>)>,
+    settings: StateStoreSettings,
+    limits: Limits,
+    clock: Arc<dyn Clock>,
+}
+
+impl Builder {
+    /// Serves `backend` (a loaded plugin, or an [`InProcess`] one) under
+    /// `name`.
+    pub fn backend(mut self, name: impl Into<String>, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some((name.into(), backend));
+        self
+    }
+
+    /// Serves an in-process [`StateBackend`](statehost_plugin_api::StateBackend)
+    /// that supports `capabilities`.
+    pub fn in_process<B: statehost_plugin_api::StateBackend + 'static>(
+        self,
+        name: impl Into<String>,
+        backend: B,
+        capabilities: statehost_plugin_api::Capabilities,
+    ) -> Self {
+        self.backend(name, Arc::new(InProcess::new(backend, capabilities)))
+    }
+
+    /// `[state_store]` settings (the defaults otherwise).
+    pub fn settings(mut self, settings: StateStoreSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The deadline and in-flight cap of backend calls.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The clock write ids are minted by (the system's otherwise).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The host.
+    pub fn build(self) -> StateHost {
+        let calls = self
+            .backend
+            .map(|(name, backend)| Arc::new(Calls::new(name, backend, self.limits)));
+        let legacy = calls
+            .as_ref()
+            .filter(|c| !c.backend().unique_references())
+            .map(|_| Arc::new(legacy::Fencing::new()));
+        let reaper = calls.as_ref().filter(|_| legacy.is_none()).map(|calls| {
+            let store = self.store.clone();
+            Reaper::new(
+                calls.clone(),
+                Box::new(move || store.sync().map_err(|e| e.to_string())),
+                self.limits.deadline.unwrap_or(Duration::from_secs(30)),
+                REAPER_CAPACITY,
+            )
+        });
+        StateHost {
+            inner: Arc::new(Inner {
+                backend: calls,
+                reaper,
+                legacy,
+                store: self.store,
+                settings: self.settings,
+                clock: self.clock,
+            }),
+        }
+    }
+}
+
+/// What a value became for its row: its own JSON, or an envelope around
+/// the object just written.
+pub(crate) struct Written {
+    pub(crate) stored: String,
+    pub(crate) object: Option<(String, WriteId)>,
+}
+
+impl Written {
+    pub(crate) fn fence(&self, max_age_ms: i64) -> Option<Fence> {
+        self.object.as_ref().map(|(_, id)| Fence {
+            minted_at: id.unix_ms() as i64,
+            max_age_ms,
+        })
+    }
+
+    fn reference(&self) -> Option<&str> {
+        self.object.as_ref().map(|(r, _)| r.as_str())
+    }
+}
+
+/// The reference in a row's stored text, if it holds an envelope.
+pub(crate) fn reference_in(text: &str) -> Option<String> {
+    match envelope::unwrap(text) {
+        Ok(Stored::Reference(r)) => Some(r.into_owned()),
+        _ => None,
+    }
+}
+
+/// The backend error of `operation` on `scope` `key`.
+pub(crate) fn backend_error(
+    plugin: &str,
+    operation: &'static str,
+    scope: &dyn std::fmt::Display,
+    key: &str,
+    error: BackendError,
+) -> Error {
+    Error::Backend {
+        plugin: plugin.to_string(),
+        operation,
+        scope: scope.to_string(),
+        key: key.to_string(),
+        error,
+    }
+}
+
+impl StateHost {
+    /// Opens the configured backend (the process's one cached instance, or
+    /// none when `state_backend` is empty) and store.
+    pub fn open(config: &Config) -> Result<StateHost> {
+        let backend = plugin::shared_backend(config)?;
+        let mut builder = StateHost::builder(open_store(config)?)
+            .settings(config.state_store.clone())
+            .limits(config.limits);
+        if let Some(backend) = backend {
+            let name = backend.metadata().name.clone();
+            builder = builder.backend(name, backend);
+        }
+        Ok(builder.build())
+    }
+
+    /// A host on `store`, to add a backend and settings to.
+    pub fn builder(store: Arc<dyn MetadataStore>) -> Builder {
+        Builder {
+            store,
+            backend: None,
+            settings: StateStoreSettings::default(),
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The backend's name, if one is configured.
+    pub fn backend_name(&self) -> Option<&str> {
+        self.inner.backend.as_deref().map(Calls::name)
+    }
+
+    /// The store settings in force.
+    pub fn settings(&self) -> &StateStoreSettings {
+        &self.inner.settings
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Arc<dyn MetadataStore> {
+        &self.inner.store
+    }
+
+    /// Backend calls running now (abandoned ones included).
+    pub fn calls_in_flight(&self) -> usize {
+        self.inner.backend.as_ref().map_or(0, |c| c.in_flight())
+    }
+
+    /// Deletes the objects replaced by recent writes now, instead of a call
+    /// deadline after their replacement.
+    pub fn flush(&self) {
+        if let Some(reaper) = &self.inner.reaper {
+            reaper.flush();
+        }
+    }
+
+    /// The state of one task instance.
+    pub fn task_state(&self, scope: statehost_plugin_api::TaskScope) -> TaskState {
+        TaskState::new(self.clone(), scope)
+    }
+
+    /// The state of one asset, by name and/or uri. Access by name and by
+    /// uri of the same asset share rows and backend namespace. Nothing is
+    /// registered until a value is set.
+    pub fn asset_state(&self, asset: &statehost_plugin_api::AssetScope) -> Result<AssetState> {
+        AssetState::new(self.clone(), asset.clone())
+    }
+
+    /// The states of a task's assets, keyed by asset.
+    pub fn assets(&self, assets: Vec<statehost_plugin_api::AssetScope>) -> Result<AssetStates> {
+        AssetStates::new(self, assets)
+    }
+
+    /// Called when a task succeeds: with `clear_on_success`, clears the
+    /// task's state (this map index only). A backend failure is logged and
+    /// left to gc; it never turns the success into a failure.
+    pub fn on_task_success(&self, scope: &statehost_plugin_api::TaskScope) -> Result<()> {
+        if !self.inner.settings.clear_on_success {
+            return Ok(());
+        }
+        match self.task_state(scope.clone()).clear(false) {
+            Ok(()) => Ok(()),
+            Err(e @ Error::Backend { .. }) => {
+                log::warn!("clear_on_success for {scope}: {e}; gc will collect the objects");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every row as the database holds it (envelopes visible).
+    pub fn rows(&self) -> Result<Vec<Row>> {
+        self.inner.store.rows()
+    }
+
+    /// Garbage collection; see [`GcReport`].
+    pub fn gc(&self, dry_run: bool, progress: impl FnMut(usize, usize)) -> Result<GcReport> {
+        gc::run(self, dry_run, progress)
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Inner {
+    pub(crate) fn calls(&self) -> Option<&Arc<Calls>> {
+        self.backend.as_ref()
+    }
+
+    /// A fresh write id, by this worker's clock.
+    fn mint(&self) -> WriteId {
+        let now = self.clock.now_ms().max(0) as u64;
+        WriteId::from_parts(now, rand::random::<u128>())
+    }
+
+    /// How long after its write id a write's row may still land.
+    pub(crate) fn fence_max_age_ms(&self) -> i64 {
+        (self.settings.orphan_grace / 2).as_millis() as i64
+    }
+
+    pub(crate) fn check_key(key: &str) -> Result<()> {
+        validate_key(key).map_err(|e| Error::InvalidInput {
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Validates a value and renders its JSON text.
+    pub(crate) fn render(value: &Value) -> Result<String> {
+        if value.is_null() {
+            return Err(Error::InvalidInput {
+                message: "a value cannot be null; delete the key instead".to_string(),
+            });
+        }
+        if envelope::carries_marker(value) {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "the value is an object with the key {:?}, which is reserved for references to stored values; rename that key",
+                    envelope::MARKER
+                ),
+            });
+        }
+        Ok(value.to_string())
+    }
+
+    fn check_inline_size(&self, text: &str, at: StateKey<'_>) -> Result<()> {
+        let max = self.settings.max_value_bytes;
+        if max > 0 && text.len() as u64 > max {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "the value of {at} is {} bytes, over [state_store] max_value_bytes = {max} for values kept in the metadata store; configure a state backend ([workers] state_backend) to store large values, or raise the limit",
+                    text.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands a rendered value to the backend (if any) as a new object, and
+    /// says what the row should hold.
+    pub(crate) fn write_value(&self, at: StateKey<'_>, text: String) -> Result<Written> {
+        let Some(calls) = &self.backend else {
+            self.check_inline_size(&text, at)?;
+            return Ok(Written {
+                stored: text,
+                object: None,
+            });
+        };
+        let write_id = self.mint();
+        let serialized = serialize(calls, at, write_id, text.as_str())
+            .map_err(|e| backend_error(calls.name(), "write", &at.scope, at.key, e))?;
+        match serialized {
+            Serialized::Inline => {
+                self.check_inline_size(&text, at)?;
+                Ok(Written {
+                    stored: text,
+                    object: None,
+                })
+            }
+            Serialized::Reference(r) if r.is_empty() => Err(backend_error(
+                calls.name(),
+                "write",
+                &at.scope,
+                at.key,
+                BackendError::invalid_input("it returned an empty reference"),
+            )),
+            Serialized::Reference(r) => Ok(Written {
+                stored: envelope::wrap(&r),
+                object: Some((r, write_id)),
+            }),
+        }
+    }
+
+    /// After a row write: the object it replaced (if any, and not the one
+    /// just written) goes after a call deadline.
+    pub(crate) fn replaced(&self, at: StateKey<'_>, old: Option<String>, written: &Written) {
+        let (Some(calls), Some(old)) = (&self.backend, old) else {
+            return;
+        };
+        let Some(reference) = reference_in(&old) else {
+            return;
+        };
+        if written.reference() == Some(reference.as_str()) {
+            // Never the object this write made (a repeated statement).
+            return;
+        }
+        let owner = Some((at.scope.to_owned(), at.key.to_string()));
+        let scheduled = self
+            .reaper
+            .as_ref()
+            .is_some_and(|reaper| reaper.schedule(reference.clone(), owner.clone()));
+        if !scheduled {
+            if let Err(e) = self.store.sync() {
+                log::warn!("{e}; the replaced object {reference:?} is left to gc");
+                return;
+            }
+            crate::backend::reaper::delete_now(calls, reference, owner);
+        }
+    }
+
+    /// After a failed row write: an object no row will point at is deleted
+    /// now, unless the write may have landed after all.
+    pub(crate) fn unwritten(&self, at: StateKey<'_>, written: &Written, error: &Error) {
+        let (Some(calls), Some((reference, _))) = (&self.backend, &written.object) else {
+            return;
+        };
+        if error.outcome_unknown() {
+            log::warn!(
+                "the row of {at} may or may not point at {reference:?} now; the object is kept (gc removes it if no row does)"
+            );
+            return;
+        }
+        crate::backend::reaper::delete_now(
+            calls,
+            reference.clone(),
+            Some((at.scope.to_owned(), at.key.to_string())),
+        );
+    }
+
+    /// Reads the value a row holds; if its object is gone because the row
+    /// moved on, reads the row again (`reread`).
+    pub(crate) fn read_value(
+        &self,
+        at: StateKey<'_>,
+        mut text: String,
+        reread: impl Fn() -> Result<Option<String>>,
+    ) -> Result<Option<Value>> {
+        let corrupt = |message: String| Error::Corrupt {
+            scope: at.scope.to_string(),
+            key: at.key.to_string(),
+            message,
+        };
+        for _ in 0..READ_ATTEMPTS {
+            let reference = match envelope::unwrap(&text).map_err(corrupt)? {
+                Stored::Inline(value) => return Ok(Some(value)),
+                Stored::Reference(reference) => reference.into_owned(),
+            };
+            let Some(calls) = &self.backend else {
+                return Err(corrupt(format!(
+                    "it is stored in a state backend (reference {reference:?}) but no backend is configured; set [workers] state_backend to the backend that wrote it"
+                )));
+            };
+            let bytes = match deserialize(calls, &reference, at) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == ErrorKind::NotFound => match reread()? {
+                    None => return Ok(None),
+                    Some(now) if now != text => {
+                        text = now;
+                        continue;
+                    }
+                    Some(_) => {
+                        return Err(corrupt(format!(
+                            "its row points at {reference:?}, which backend `{}` no longer holds ({e}); it was deleted behind statehost's back: delete the key",
+                            calls.name()
+                        )));
+                    }
+                },
+                Err(e) => return Err(backend_error(calls.name(), "read", &at.scope, at.key, e)),
+            };
+            return parse_value(bytes.as_bytes()).map(Some).map_err(|message| {
+                backend_error(
+                    calls.name(),
+                    "read",
+                    &at.scope,
+                    at.key,
+                    BackendError::invalid_input(message),
+                )
+            });
+        }
+        Err(Error::Store {
+            message: format!(
+                "{at} was replaced {READ_ATTEMPTS} times while it was being read; try again"
+            ),
+        })
+    }
+
+    /// Deletes the objects of rows that are gone (a delete, clear or gc
+    /// expiry removed them): after making the removal durable, exactly those
+    /// objects. Returns how many objects were there; the first failure is
+    /// an error (what it leaves is gc's).
+    pub(crate) fn delete_objects(&self, rows: &[(Scope, String, String)]) -> Result<usize> {
+        let Some(calls) = &self.backend else {
+            return Ok(0);
+        };
+        let doomed: Vec<(&Scope, &str, String)> = rows
+            .iter()
+            .filter_map(|(scope, key, text)| reference_in(text).map(|r| (scope, key.as_str(), r)))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        self.store.sync()?;
+        let mut removed = 0;
+        let mut first_error = None;
+        for (scope, key, reference) in doomed {
+            let at = StateKey {
+                scope: scope.as_ref(),
+                key,
+            };
+            match delete_object(calls, &reference, Some(at)) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    if first_error.is_none() {
+                        first_error = Some(backend_error(calls.name(), "delete", scope, key, e));
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+}
+
+/// Where a key's row lives: a task's, or an asset's (as the caller named
+/// it, and by its canonical scope, which names its storage namespace).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Place<'a> {
+    Task(&'a statehost_plugin_api::TaskScope),
+    Asset {
+        named: &'a statehost_plugin_api::AssetScope,
+        canonical: &'a statehost_plugin_api::AssetScope,
+    },
+}
+
+impl<'a> Place<'a> {
+    pub(crate) fn at(&self, key: &'a str) -> StateKey<'a> {
+        match *self {
+            Place::Task(t) => StateKey::task(t, key),
+            Place::Asset { canonical, .. } => StateKey::asset(canonical, key),
+        }
+    }
+
+    pub(crate) fn get(&self, store: &dyn MetadataStore, key: &str) -> Result<Option<String>> {
+        match self {
+            Place::Task(t) => store.get_task(t, key),
+            Place::Asset { canonical, .. } => store.get_asset(canonical, key),
+        }
+    }
+
+    pub(crate) fn put(
+        &self,
+        store: &dyn MetadataStore,
+        key: &str,
+        put: &crate::store::Put<'_>,
+    ) -> Result<Option<String>> {
+        match self {
+            Place::Task(t) => store.put_task(t, key, put),
+            Place::Asset { named, canonical } => store.put_asset(named, canonical, key, put),
+        }
+    }
+
+    pub(crate) fn delete(&self, store: &dyn MetadataStore, key: &str) -> Result<Option<String>> {
+        match self {
+            Place::Task(t) => store.delete_task(t, key),
+            Place::Asset { canonical, .. } => store.delete_asset(canonical, key),
+        }
+    }
+}
+
+impl Inner {
+    /// `set`, for either kind of state.
+    pub(crate) fn set(
+        &self,
+        place: Place<'_>,
+        key: &str,
+        value: &Value,
+        retention_ms: Option<i64>,
+    ) -> Result<()> {
+        Inner::check_key(key)?;
+        let text = Inner::render(value)?;
+        if let Some(fencing) = &self.legacy {
+            return legacy::set(self, fencing, place, key, text, retention_ms);
+        }
+        let at = place.at(key);
+        let written = self.write_value(at, text)?;
+        let put = crate::store::Put {
+            value: &written.stored,
+            fence: written.fence(self.fence_max_age_ms()),
+            retention_ms,
+        };
+        match place.put(self.store.as_ref(), key, &put) {
+            Ok(old) => {
+                self.replaced(at, old, &written);
+                Ok(())
+            }
+            Err(e) => {
+                self.unwritten(at, &written, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// `get`, for either kind of state.
+    pub(crate) fn get(&self, place: Place<'_>, key: &str) -> Result<Option<Value>> {
+        Inner::check_key(key)?;
+        if let Some(fencing) = &self.legacy {
+            return legacy::get(self, fencing, place, key);
+        }
+        let Some(text) = place.get(self.store.as_ref(), key)? else {
+            return Ok(None);
+        };
+        self.read_value(place.at(key), text, || place.get(self.store.as_ref(), key))
+    }
+
+    /// `delete`, for either kind of state: the row, then its object.
+    pub(crate) fn delete(&self, place: Place<'_>, key: &str) -> Result<()> {
+        Inner::check_key(key)?;
+        if let Some(fencing) = &self.legacy {
+            return legacy::delete(self, fencing, place, key);
+        }
+        let Some(old) = place.delete(self.store.as_ref(), key)? else {
+            return Ok(());
+        };
+        let at = place.at(key);
+        self.delete_objects(&[(at.scope.to_owned(), key.to_string(), old)])
+            .map(drop)
+    }
+
+    /// Deletes the objects of rows a clear removed.
+    pub(crate) fn cleared(&self, rows: Vec<Row>) -> Result<()> {
+        let rows: Vec<(Scope, String, String)> = rows
+            .into_iter()
+            .map(|row| (row_scope(&row), row.key, row.value))
+            .collect();
+        self.delete_objects(&rows).map(drop)
+    }
+}
+
+/// Parses a value's JSON from bytes (checking UTF-8 too: a plugin can hand
+/// over anything).
+pub(crate) fn parse_value(bytes: &[u8]) -> std::result::Result<Value, String> {
+    serde_json::from_slice::<Value>(bytes).map_err(|e| {
+        if std::str::from_utf8(bytes).is_err() {
+            "it returned bytes that are not UTF-8".to_string()
+        } else {
+            format!("it returned text that is not JSON ({e})")
+        }
+    })
+}
+
+/// Owned arguments for a call that may outlive its caller.
+fn owned(at: StateKey<'_>) -> Arc<(Scope, String)> {
+    Arc::new((at.scope.to_owned(), at.key.to_string()))
+}
+
+fn borrowed(owner: &(Scope, String)) -> StateKey<'_> {
+    StateKey {
+        scope: owner.0.as_ref(),
+        key: &owner.1,
+    }
+}
+
+/// `serialize` under the limits. An abandoned write that ends with an
+/// object deletes it at once (unless references are one per key, as in
+/// plugin-api 1.x: then the object may be another write's).
+fn serialize(
+    calls: &Arc<Calls>,
+    at: StateKey<'_>,
+    write_id: WriteId,
+    value: &str,
+) -> std::result::Result<Serialized, BackendError> {
+    if calls.limits().deadline.is_none() {
+        return calls.run_here("serialize", |b| b.serialize(at, write_id, value));
+    }
+    let owner = owned(at);
+    let late_owner = owner.clone();
+    let value = value.to_string();
+    calls.run(
+        "serialize",
+        move |b| b.serialize(borrowed(&owner), write_id, &value),
+        move |b, result| {
+            if let Ok(Serialized::Reference(reference)) = result
+                && b.unique_references()
+            {
+                match b.delete_object(&reference, Some(borrowed(&late_owner))) {
+                    Ok(_) => log::info!(
+                        "deleted {reference:?}, written after its caller stopped waiting"
+                    ),
+                    Err(e) => log::warn!(
+                        "cannot delete {reference:?}, written after its caller stopped waiting ({e}); gc will collect it"
+                    ),
+                }
+            }
+        },
+    )
+}
+
+/// `deserialize` under the limits.
+fn deserialize(
+    calls: &Arc<Calls>,
+    reference: &str,
+    at: StateKey<'_>,
+) -> std::result::Result<Text, BackendError> {
+    if calls.limits().deadline.is_none() {
+        return calls.run_here("deserialize", |b| b.deserialize(reference, Some(at)));
+    }
+    let owner = owned(at);
+    let reference = reference.to_string();
+    calls.run_plain("deserialize", move |b| {
+        b.deserialize(&reference, Some(borrowed(&owner)))
+    })
+}
+
+/// `delete_object` under the limits.
+fn delete_object(
+    calls: &Arc<Calls>,
+    reference: &str,
+    at: Option<StateKey<'_>>,
+) -> std::result::Result<bool, BackendError> {
+    if calls.limits().deadline.is_none() {
+        return calls.run_here("delete_object", |b| b.delete_object(reference, at));
+    }
+    let owner = at.map(owned);
+    let reference = reference.to_string();
+    calls.run_plain("delete_object", move |b| {
+        b.delete_object(&reference, owner.as_deref().map(borrowed))
+    })
+}
+
+/// The scope of a row, as backends see it.
+pub(crate) fn row_scope(row: &Row) -> Scope {
+    match &row.owner {
+        RowOwner::Task(t) => Scope::Task(t.clone()),
+        RowOwner::Asset(a) => Scope::Asset(a.clone()),
+    }
+}

@@ -1,0 +1,830 @@
+//! [`PostgresStore`]: the metadata store on PostgreSQL
+//! (`[database] url = "postgresql://..."`), so workers on many machines
+//! share state. Same schema and semantics as the SQLite store.
+//!
+//! A row write is one statement that fences, upserts and hands back what it
+//! replaced: `INSERT ... ON CONFLICT DO UPDATE SET prev_value =
+//! task_state.value ... RETURNING prev_value`. The `SET` reads the locked,
+//! latest version of the row (not the statement's snapshot), so of two
+//! writers racing on a key each learns exactly the value it replaced.
+//! (`prev_value` keeps only text that may hold an envelope; nothing else
+//! reads it.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement};
+use statehost_plugin_api::{AssetIdentity, AssetScope, TaskScope};
+
+use super::{
+    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, SCHEMA_VERSION, canonical_when_new,
+    fenced, match_asset, registered_meanwhile,
+};
+use crate::error::{Error, Result};
+
+/// Connections kept open for reuse.
+const POOL_SIZE: usize = 16;
+/// Key of the advisory lock that serializes schema creation and migration
+/// between workers starting at once.
+const MIGRATION_LOCK: i64 = 0x5354_4154_4548_4f53; // "STATEHOS"
+/// Key of the advisory lock that serializes asset registration.
+const ASSET_LOCK: i64 = 0x5354_4154_4541_5353; // "STATEASS"
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS statehost_meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS task_state (
+    dag_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    map_index BIGINT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    prev_value TEXT,
+    PRIMARY KEY (dag_id, run_id, task_id, map_index, key)
+);
+CREATE INDEX IF NOT EXISTS task_state_expires_at
+    ON task_state (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS asset (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT UNIQUE,
+    uri TEXT UNIQUE,
+    identity TEXT NOT NULL CHECK (identity IN ('name', 'uri'))
+);
+CREATE TABLE IF NOT EXISTS asset_state (
+    asset_id BIGINT NOT NULL REFERENCES asset (id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    prev_value TEXT,
+    PRIMARY KEY (asset_id, key)
+);
+";
+
+/// Version 1 to 2: the column that carries a replaced value back.
+const UPGRADE_FROM_1: &str = "
+ALTER TABLE task_state ADD COLUMN IF NOT EXISTS prev_value TEXT;
+ALTER TABLE asset_state ADD COLUMN IF NOT EXISTS prev_value TEXT;
+";
+
+/// The database's clock, ms since the epoch, as an SQL expression.
+macro_rules! now {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    };
+}
+
+/// What `prev_value` keeps of a replaced value: the text when it may hold
+/// an envelope (see `store::may_hold_envelope`), else NULL.
+macro_rules! kept {
+    ($column:literal) => {
+        concat!(
+            "CASE WHEN strpos(",
+            $column,
+            ", '__airflow_state_ref__') > 0 OR strpos(",
+            $column,
+            ", '\\u') > 0 THEN ",
+            $column,
+            " END"
+        )
+    };
+}
+
+/// A pooled connection with its prepared statements: each statement is
+/// parsed once per connection, so a call costs one round trip, not two.
+struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A failure and whether it may have been applied.
+enum Failure {
+    /// Nothing was applied (the server refused, or nothing was sent).
+    Definite(postgres::Error),
+    /// The statement or commit was sent and no answer came back.
+    Unknown(postgres::Error),
+    /// The store's own verdict (a fence, an asset conflict).
+    Refused(Error),
+}
+
+impl From<postgres::Error> for Failure {
+    fn from(e: postgres::Error) -> Self {
+        Failure::Definite(e)
+    }
+}
+
+/// Classifies an error of a statement that was sent: the server's own
+/// error proves it was not applied; anything else (a dropped connection)
+/// does not.
+fn sent(e: postgres::Error) -> Failure {
+    if e.as_db_error().is_some() {
+        Failure::Definite(e)
+    } else {
+        Failure::Unknown(e)
+    }
+}
+
+impl Conn {
+    fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> std::result::Result<Option<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    fn query(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    /// A write in one statement, outside a transaction: prepared first (a
+    /// failure then applies nothing), then sent.
+    fn write(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> std::result::Result<Vec<postgres::Row>, Failure> {
+        let statement = self.statement(sql)?;
+        self.client.query(&statement, params).map_err(sent)
+    }
+}
+
+/// The PostgreSQL store: a small pool of connections.
+pub struct PostgresStore {
+    config: postgres::Config,
+    /// The URL without its password, for messages.
+    display: String,
+    statement_timeout: Duration,
+    pool: Mutex<Vec<Conn>>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.display)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One line from a driver error, with a hint for the usual causes.
+fn describe(display: &str, e: &postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let hint = match db.code().code() {
+            "28P01" | "28000" => "; check the user and password in [database] url",
+            "3D000" => "; create the database or fix its name in [database] url",
+            "57014" => "; the statement ran past its timeout (a lock held too long?)",
+            _ => "",
+        };
+        return format!("{display}: {}{hint}", db.message());
+    }
+    let cause = e
+        .source()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| e.to_string());
+    if e.is_closed()
+        || cause.contains("refused")
+        || cause.contains("timed out")
+        || cause.contains("error connecting")
+    {
+        format!(
+            "cannot reach {display} ({cause}); is the server running and the host and port right?"
+        )
+    } else {
+        format!("{display}: {}", e.to_string().replace('\n', " "))
+    }
+}
+
+/// The URL with any password replaced, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn task_row(r: &postgres::Row) -> Result<Row> {
+    let bad = |e: &dyn std::fmt::Display| Error::Store {
+        message: format!("a task_state row cannot be read: {e}"),
+    };
+    let text = |i: usize| r.try_get::<_, String>(i).map_err(|e| bad(&e));
+    let scope = TaskScope::new(
+        text(0)?,
+        text(1)?,
+        text(2)?,
+        r.try_get(3).map_err(|e| bad(&e))?,
+    )
+    .map_err(|e| bad(&e))?;
+    Ok(Row {
+        owner: RowOwner::Task(scope),
+        key: text(4)?,
+        value: text(5)?,
+        updated_at: r.try_get(6).map_err(|e| bad(&e))?,
+        expires_at: r.try_get(7).map_err(|e| bad(&e))?,
+    })
+}
+
+fn registered(
+    tx: &mut impl postgres::GenericClient,
+    column: &str,
+    value: Option<&str>,
+) -> std::result::Result<Option<(i64, Registered)>, postgres::Error> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let sql = match column {
+        "name" => "SELECT id, name, uri, identity FROM asset WHERE name = $1",
+        _ => "SELECT id, name, uri, identity FROM asset WHERE uri = $1",
+    };
+    Ok(tx.query_opt(sql, &[&value])?.map(|r| {
+        (
+            r.get(0),
+            Registered {
+                name: r.get(1),
+                uri: r.get(2),
+                by_uri: r.get::<_, String>(3) == "uri",
+            },
+        )
+    }))
+}
+
+fn asset_id(
+    c: &mut impl postgres::GenericClient,
+    canonical: &AssetScope,
+) -> std::result::Result<Option<i64>, postgres::Error> {
+    Ok(match canonical.identity() {
+        AssetIdentity::Name(name) => c.query_opt(
+            "SELECT id FROM asset WHERE name = $1 AND identity = 'name'",
+            &[&name],
+        )?,
+        AssetIdentity::Uri(uri) => c.query_opt(
+            "SELECT id FROM asset WHERE uri = $1 AND identity = 'uri'",
+            &[&uri],
+        )?,
+    }
+    .map(|r| r.get(0)))
+}
+
+impl PostgresStore {
+    /// Connects, and creates, checks or upgrades the schema (safe when
+    /// several workers start at once: they take turns under an advisory
+    /// lock). Statements that wait longer than `statement_timeout` (for a
+    /// lock, say) fail without applying anything.
+    pub fn open(url: &str, statement_timeout: Duration) -> Result<PostgresStore> {
+        let mut config: postgres::Config = url.parse().map_err(|e| Error::Config {
+            source_name: "[database] url".to_string(),
+            message: format!("not a PostgreSQL URL ({e})"),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let store = PostgresStore {
+            config,
+            display: redact(url),
+            statement_timeout,
+            pool: Mutex::new(Vec::new()),
+        };
+        let mut conn = store.connect()?;
+        store.migrate(&mut conn.client)?;
+        store.give_back(conn);
+        Ok(store)
+    }
+
+    fn error(&self, what: &str, e: &postgres::Error) -> Error {
+        Error::Store {
+            message: format!("{what}: {}", describe(&self.display, e)),
+        }
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        let mut client = self.config.connect(NoTls).map_err(|e| Error::Store {
+            message: describe(&self.display, &e),
+        })?;
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {}",
+                self.statement_timeout.as_millis().max(1)
+            ))
+            .map_err(|e| self.error("setting the statement timeout", &e))?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn give_back(&self, conn: Conn) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_SIZE && !conn.client.is_closed() {
+            pool.push(conn);
+        }
+    }
+
+    fn take(&self) -> Result<Conn> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(conn) if !conn.client.is_closed() => Ok(conn),
+            _ => self.connect(),
+        }
+    }
+
+    fn migrate(&self, client: &mut Client) -> Result<()> {
+        let err = |e: postgres::Error| self.error("checking the schema", &e);
+        let mut tx = client.transaction().map_err(err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .map_err(err)?;
+        let has = |tx: &mut postgres::Transaction<'_>, table: &str| -> Result<bool> {
+            let found: Option<String> = tx
+                .query_one("SELECT to_regclass($1)::text", &[&table])
+                .map_err(err)?
+                .get(0);
+            Ok(found.is_some())
+        };
+        if has(&mut tx, "statehost_meta")? {
+            let version: Option<String> = tx
+                .query_opt(
+                    "SELECT value FROM statehost_meta WHERE name = 'schema_version'",
+                    &[],
+                )
+                .map_err(err)?
+                .map(|r| r.get(0));
+            match version.as_deref().map(str::parse::<i64>) {
+                Some(Ok(SCHEMA_VERSION)) => {}
+                Some(Ok(1)) => {
+                    tx.batch_execute(UPGRADE_FROM_1).map_err(err)?;
+                    tx.execute(
+                        "UPDATE statehost_meta SET value = $1 WHERE name = 'schema_version'",
+                        &[&SCHEMA_VERSION.to_string()],
+                    )
+                    .map_err(err)?;
+                }
+                other => {
+                    return Err(Error::Store {
+                        message: format!(
+                            "{} has statehost schema version {}, and this build knows versions 1 and {SCHEMA_VERSION}; use a statehost that matches it",
+                            self.display,
+                            match other {
+                                Some(Ok(v)) => v.to_string(),
+                                _ => format!("{version:?}"),
+                            }
+                        ),
+                    });
+                }
+            }
+        } else if has(&mut tx, "task_state")? {
+            return Err(Error::Store {
+                message: format!(
+                    "{} holds a task_state table that statehost did not create (no statehost_meta); use another database or schema (?options=-csearch_path%3Dmyschema)",
+                    self.display
+                ),
+            });
+        } else {
+            tx.batch_execute(SCHEMA).map_err(err)?;
+            tx.execute(
+                "INSERT INTO statehost_meta (name, value) VALUES ('schema_version', $1)",
+                &[&SCHEMA_VERSION.to_string()],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// A read on a pooled connection; a broken connection is dropped and
+    /// the read retried once on a fresh one (reads change nothing).
+    fn read<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut Conn) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        for attempt in 0..2 {
+            let mut conn = self.take()?;
+            match f(&mut conn) {
+                Ok(value) => {
+                    self.give_back(conn);
+                    return Ok(value);
+                }
+                Err(e) if e.is_closed() && attempt == 0 => continue,
+                Err(e) => return Err(self.error(what, &e)),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// A write, never retried: a failure after the statement was sent may
+    /// have been applied and is reported as such.
+    fn write<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Conn) -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
+        let mut conn = self.take()?;
+        match f(&mut conn) {
+            Ok(value) => {
+                self.give_back(conn);
+                Ok(value)
+            }
+            Err(Failure::Refused(e)) => {
+                self.give_back(conn);
+                Err(e)
+            }
+            Err(Failure::Definite(e)) => {
+                self.give_back(conn);
+                Err(self.error(what, &e))
+            }
+            Err(Failure::Unknown(e)) => Err(Error::OutcomeUnknown {
+                message: format!("{what}: {}", describe(&self.display, &e)),
+            }),
+        }
+    }
+
+    /// The fence's verdict, for the message of a refused write.
+    fn refused(&self, c: &mut Conn, put: &Put<'_>) -> Failure {
+        match (c.query_opt(concat!("SELECT ", now!()), &[]), &put.fence) {
+            (Ok(Some(row)), Some(fence)) => Failure::Refused(fenced(fence, row.get(0))),
+            (Err(e), _) => Failure::Definite(e),
+            _ => Failure::Refused(Error::Store {
+                message: format!("{}: the row write was refused", self.display),
+            }),
+        }
+    }
+
+    fn fence_params(put: &Put<'_>) -> (Option<i64>, i64) {
+        match put.fence {
+            Some(f) => (Some(f.minted_at), f.max_age_ms),
+            None => (None, 0),
+        }
+    }
+}
+
+impl MetadataStore for PostgresStore {
+    fn describe(&self) -> String {
+        self.display.clone()
+    }
+
+    fn now(&self) -> Result<i64> {
+        self.read("reading the clock", |c| {
+            Ok(c.query_opt(concat!("SELECT ", now!()), &[])?
+                .map(|r| r.get(0))
+                .unwrap_or_default())
+        })
+    }
+
+    fn get_task(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
+        self.read("reading task state", |c| {
+            Ok(c.query_opt(
+                concat!(
+                    "SELECT value FROM task_state WHERE dag_id = $1 AND run_id = $2 AND task_id = $3
+                     AND map_index = $4 AND key = $5 AND (expires_at IS NULL OR expires_at > ",
+                    now!(),
+                    ")"
+                ),
+                &[
+                    &scope.dag_id(),
+                    &scope.run_id(),
+                    &scope.task_id(),
+                    &scope.map_index(),
+                    &key,
+                ],
+            )?
+            .map(|r| r.get(0)))
+        })
+    }
+
+    fn put_task(&self, scope: &TaskScope, key: &str, put: &Put<'_>) -> Result<Option<String>> {
+        let (minted_at, max_age) = Self::fence_params(put);
+        self.write("writing task state", |c| {
+            let rows = c.write(
+                concat!(
+                    "WITH clock AS (SELECT ", now!(), " AS now)
+                     INSERT INTO task_state (dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at)
+                     SELECT $1, $2, $3, $4, $5, $6, clock.now, clock.now + $7::bigint FROM clock
+                     WHERE $8::bigint IS NULL OR abs(clock.now - $8::bigint) < $9::bigint
+                     ON CONFLICT (dag_id, run_id, task_id, map_index, key) DO UPDATE SET
+                     value = excluded.value, updated_at = excluded.updated_at, expires_at = excluded.expires_at,
+                     prev_value = ", kept!("task_state.value"), "
+                     RETURNING prev_value"
+                ),
+                &[
+                    &scope.dag_id(), &scope.run_id(), &scope.task_id(), &scope.map_index(), &key,
+                    &put.value, &put.retention_ms, &minted_at, &max_age,
+                ],
+            )?;
+            match rows.first() {
+                Some(row) => Ok(row.get(0)),
+                None => Err(self.refused(c, put)),
+            }
+        })
+    }
+
+    fn delete_task(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
+        self.write("deleting task state", |c| {
+            Ok(c.write(
+                "DELETE FROM task_state WHERE dag_id = $1 AND run_id = $2 AND task_id = $3
+                 AND map_index = $4 AND key = $5 RETURNING value",
+                &[
+                    &scope.dag_id(),
+                    &scope.run_id(),
+                    &scope.task_id(),
+                    &scope.map_index(),
+                    &key,
+                ],
+            )?
+            .first()
+            .map(|r| r.get(0)))
+        })
+    }
+
+    fn clear_task(&self, scope: &TaskScope, all_map_indices: bool) -> Result<Vec<Row>> {
+        self.write("clearing task state", |c| {
+            let rows = if all_map_indices {
+                c.write(
+                    "DELETE FROM task_state WHERE dag_id = $1 AND run_id = $2 AND task_id = $3
+                     RETURNING dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at",
+                    &[&scope.dag_id(), &scope.run_id(), &scope.task_id()],
+                )?
+            } else {
+                c.write(
+                    "DELETE FROM task_state WHERE dag_id = $1 AND run_id = $2 AND task_id = $3
+                     AND map_index = $4
+                     RETURNING dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at",
+                    &[&scope.dag_id(), &scope.run_id(), &scope.task_id(), &scope.map_index()],
+                )?
+            };
+            rows.iter().map(|r| task_row(r).map_err(Failure::Refused)).collect()
+        })
+    }
+
+    fn find_asset(&self, asset: &AssetScope) -> Result<Option<AssetScope>> {
+        let found = self.read("reading the asset registry", |c| {
+            let by_name = registered(&mut c.client, "name", asset.name())?;
+            let by_uri = registered(&mut c.client, "uri", asset.uri())?;
+            Ok(match_asset(asset, by_name, by_uri))
+        })??;
+        match found {
+            AssetMatch::New => Ok(None),
+            AssetMatch::Known { record, .. } => record.canonical().map(Some),
+        }
+    }
+
+    fn get_asset(&self, canonical: &AssetScope, key: &str) -> Result<Option<String>> {
+        self.read("reading asset state", |c| {
+            let Some(id) = asset_id(&mut c.client, canonical)? else {
+                return Ok(None);
+            };
+            Ok(c.query_opt(
+                "SELECT value FROM asset_state WHERE asset_id = $1 AND key = $2",
+                &[&id, &key],
+            )?
+            .map(|r| r.get(0)))
+        })
+    }
+
+    fn put_asset(
+        &self,
+        named: &AssetScope,
+        canonical: &AssetScope,
+        key: &str,
+        put: &Put<'_>,
+    ) -> Result<Option<String>> {
+        let (minted_at, max_age) = Self::fence_params(put);
+        self.write("writing asset state", |c| {
+            let mut tx = c.client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSET_LOCK])?;
+            let by_name = registered(&mut tx, "name", named.name())?;
+            let by_uri = registered(&mut tx, "uri", named.uri())?;
+            let id: i64 = match match_asset(named, by_name, by_uri).map_err(Failure::Refused)? {
+                AssetMatch::New => {
+                    let registered = canonical_when_new(named).map_err(Failure::Refused)?;
+                    if &registered != canonical {
+                        return Err(Failure::Refused(registered_meanwhile(named, &registered)));
+                    }
+                    let identity = if named.name().is_some() { "name" } else { "uri" };
+                    tx.query_one(
+                        "INSERT INTO asset (name, uri, identity) VALUES ($1, $2, $3) RETURNING id",
+                        &[&named.name(), &named.uri(), &identity],
+                    )?
+                    .get(0)
+                }
+                AssetMatch::Known {
+                    id,
+                    record,
+                    bind_name,
+                    bind_uri,
+                } => {
+                    let registered = record.canonical().map_err(Failure::Refused)?;
+                    if &registered != canonical {
+                        return Err(Failure::Refused(registered_meanwhile(named, &registered)));
+                    }
+                    if bind_name.is_some() || bind_uri.is_some() {
+                        tx.execute(
+                            "UPDATE asset SET name = coalesce(name, $2), uri = coalesce(uri, $3) WHERE id = $1",
+                            &[&id, &bind_name, &bind_uri],
+                        )?;
+                    }
+                    id
+                }
+            };
+            let rows = tx.query(
+                concat!(
+                    "WITH clock AS (SELECT ", now!(), " AS now)
+                     INSERT INTO asset_state (asset_id, key, value, updated_at)
+                     SELECT $1, $2, $3, clock.now FROM clock
+                     WHERE $4::bigint IS NULL OR abs(clock.now - $4::bigint) < $5::bigint
+                     ON CONFLICT (asset_id, key) DO UPDATE SET
+                     value = excluded.value, updated_at = excluded.updated_at,
+                     prev_value = ", kept!("asset_state.value"), "
+                     RETURNING prev_value"
+                ),
+                &[&id, &key, &put.value, &minted_at, &max_age],
+            )?;
+            let Some(row) = rows.first() else {
+                drop(tx);
+                return Err(self.refused(c, put));
+            };
+            let old: Option<String> = row.get(0);
+            // Only the commit can leave the outcome unknown.
+            tx.commit().map_err(sent)?;
+            Ok(old)
+        })
+    }
+
+    fn delete_asset(&self, canonical: &AssetScope, key: &str) -> Result<Option<String>> {
+        self.write("deleting asset state", |c| {
+            let Some(id) = asset_id(&mut c.client, canonical)? else {
+                return Ok(None);
+            };
+            Ok(c.write(
+                "DELETE FROM asset_state WHERE asset_id = $1 AND key = $2 RETURNING value",
+                &[&id, &key],
+            )?
+            .first()
+            .map(|r| r.get(0)))
+        })
+    }
+
+    fn clear_asset(&self, canonical: &AssetScope) -> Result<Vec<Row>> {
+        self.write("clearing asset state", |c| {
+            let Some(id) = asset_id(&mut c.client, canonical)? else {
+                return Ok(Vec::new());
+            };
+            Ok(c.write(
+                "DELETE FROM asset_state WHERE asset_id = $1 RETURNING key, value, updated_at",
+                &[&id],
+            )?
+            .iter()
+            .map(|r| Row {
+                owner: RowOwner::Asset(canonical.clone()),
+                key: r.get(0),
+                value: r.get(1),
+                updated_at: r.get(2),
+                expires_at: None,
+            })
+            .collect())
+        })
+    }
+
+    fn rows(&self) -> Result<Vec<Row>> {
+        let (tasks, assets) = self.read("listing rows", |c| {
+            let tasks = c.query(
+                "SELECT dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at FROM task_state
+                 ORDER BY dag_id, run_id, task_id, map_index, key",
+                &[],
+            )?;
+            let assets = c.query(
+                "SELECT a.name, a.uri, a.identity, s.key, s.value, s.updated_at
+                 FROM asset_state s JOIN asset a ON a.id = s.asset_id ORDER BY a.id, s.key",
+                &[],
+            )?;
+            Ok((tasks, assets))
+        })?;
+        let mut rows = tasks.iter().map(task_row).collect::<Result<Vec<_>>>()?;
+        for r in assets {
+            let registered = Registered {
+                name: r.get(0),
+                uri: r.get(1),
+                by_uri: r.get::<_, String>(2) == "uri",
+            };
+            rows.push(Row {
+                owner: RowOwner::Asset(registered.canonical()?),
+                key: r.get(3),
+                value: r.get(4),
+                updated_at: r.get(5),
+                expires_at: None,
+            });
+        }
+        Ok(rows)
+    }
+
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()> {
+        let rows = self.read("reading references", |c| {
+            c.query(
+                "SELECT value FROM task_state
+                 WHERE strpos(value, '__airflow_state_ref__') > 0 OR strpos(value, '\\u') > 0
+                 UNION ALL
+                 SELECT value FROM asset_state
+                 WHERE strpos(value, '__airflow_state_ref__') > 0 OR strpos(value, '\\u') > 0",
+                &[],
+            )
+        })?;
+        for row in rows {
+            visit(row.get(0));
+        }
+        Ok(())
+    }
+
+    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+        let rows = self.read("finding expired rows", |c| {
+            c.query(
+                concat!(
+                    "SELECT dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at
+                     FROM task_state WHERE expires_at IS NOT NULL AND expires_at <= ",
+                    now!(),
+                    " LIMIT $1"
+                ),
+                &[&(limit as i64)],
+            )
+        })?;
+        rows.iter().map(task_row).collect()
+    }
+
+    fn durability_warning(&self) -> Result<Option<String>> {
+        let setting: String = self.read("reading synchronous_commit", |c| {
+            Ok(c.query_opt("SHOW synchronous_commit", &[])?
+                .map(|r| r.get(0))
+                .unwrap_or_default())
+        })?;
+        Ok((setting == "off").then(|| {
+            format!(
+                "{} runs with synchronous_commit = off: a crash can lose commits statehost reported as done; set it to on",
+                self.display
+            )
+        }))
+    }
+
+    fn delete_task_if_expired(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
+        self.write("deleting an expired row", |c| {
+            Ok(c.write(
+                concat!(
+                    "DELETE FROM task_state WHERE dag_id = $1 AND run_id = $2 AND task_id = $3
+                     AND map_index = $4 AND key = $5 AND expires_at IS NOT NULL AND expires_at <= ",
+                    now!(),
+                    " RETURNING value"
+                ),
+                &[
+                    &scope.dag_id(),
+                    &scope.run_id(),
+                    &scope.task_id(),
+                    &scope.map_index(),
+                    &key,
+                ],
+            )?
+            .first()
+            .map(|r| r.get(0)))
+        })
+    }
+
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+        self.write("deleting expired rows", |c| {
+            // Locked rows are another gc's; a row rewritten meanwhile has a
+            // new version (another ctid) and a new expiry, and stays.
+            let rows = c.write(
+                concat!(
+                    "DELETE FROM task_state WHERE ctid IN (
+                         SELECT ctid FROM task_state WHERE expires_at IS NOT NULL AND expires_at <= ",
+                    now!(),
+                    " LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     AND expires_at <= ",
+                    now!(),
+                    " RETURNING dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at"
+                ),
+                &[&(limit as i64)],
+            )?;
+            rows.iter().map(|r| task_row(r).map_err(Failure::Refused)).collect()
+        })
+    }
+}

@@ -9,42 +9,39 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statehost::config::StateStoreSettings;
-use statehost::memstore::MemoryStore;
 use statehost::plugin::LoadedBackend;
-use statehost::store::{MetadataStore, SqliteLocation, SqliteStore};
+use statehost::store::{MemoryStore, MetadataStore, SqliteLocation, SqliteStore};
 use statehost::{StateHost, TaskState};
-use statehost_plugin_api::{StateBackend, TaskScope};
+use statehost_plugin_api::TaskScope;
 use statehost_tests::{BENCH_SIZES, bench_dir, json_string_of, release_library, size_label};
 
 const BACKENDS: [&str; 3] = ["none", "memory", "fs"];
 const STORES: [&str; 3] = ["sqlite-file", "sqlite-memory", "map"];
 
 fn host(backend: &str, store: &str, dir: &std::path::Path) -> StateHost {
-    let backend = match backend {
-        "none" => None,
-        name => {
-            let options = match name {
-                "fs" => serde_json::json!({"root": dir.join("objects")}),
-                _ => serde_json::Value::Null,
-            };
-            let library = release_library(&format!("statehost_{name}"));
-            let loaded = LoadedBackend::load(library, &options, None).unwrap();
-            Some((name.to_string(), Arc::new(loaded) as Arc<dyn StateBackend>))
-        }
-    };
-    let store: Box<dyn MetadataStore> = match store {
+    let store: Arc<dyn MetadataStore> = match store {
         "sqlite-file" => {
-            Box::new(SqliteStore::open(SqliteLocation::File(dir.join("meta.db"))).unwrap())
+            Arc::new(SqliteStore::open(SqliteLocation::File(dir.join("meta.db"))).unwrap())
         }
-        "sqlite-memory" => Box::new(SqliteStore::open(SqliteLocation::Memory).unwrap()),
-        _ => Box::new(MemoryStore::new()),
+        "sqlite-memory" => Arc::new(SqliteStore::open(SqliteLocation::Memory).unwrap()),
+        _ => Arc::new(MemoryStore::new()),
     };
     let settings = StateStoreSettings {
         // Measure every size inline too.
         max_value_bytes: 0,
         ..StateStoreSettings::default()
     };
-    StateHost::from_parts(backend, store, settings)
+    let mut builder = StateHost::builder(store).settings(settings);
+    if backend != "none" {
+        let options = match backend {
+            "fs" => serde_json::json!({"root": dir.join("objects")}),
+            _ => serde_json::Value::Null,
+        };
+        let library = release_library(&format!("statehost_{backend}"));
+        let loaded = LoadedBackend::load(library, &options, None).unwrap();
+        builder = builder.backend(backend, Arc::new(loaded));
+    }
+    builder.build()
 }
 
 fn accessors(c: &mut Criterion) {

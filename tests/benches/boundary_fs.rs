@@ -13,8 +13,11 @@ use std::io::Write;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statehost::plugin::LoadedBackend;
 use statehost_fs::FsBackend;
-use statehost_plugin_api::{Serialized, StateBackend, TaskScope};
-use statehost_tests::{BENCH_SIZES, bench_dir, json_string_of, release_library, size_label};
+use statehost_plugin_api::conformance::write_id;
+use statehost_plugin_api::{Serialized, StateBackend, StateKey, TaskScope};
+use statehost_tests::{
+    BENCH_SIZES, bench_dir, json_string_of, release_library, size_label, timed_writes,
+};
 
 fn fs_floor_write(dir: &std::path::Path, target: &std::path::Path, bytes: &[u8]) {
     let mut temp = tempfile::Builder::new()
@@ -40,26 +43,17 @@ fn boundary(c: &mut Criterion) {
     fs::create_dir_all(&floor_dir).unwrap();
     let floor_file = floor_dir.join("value");
     let scope = TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap();
+    let at = StateKey::task(&scope, "key");
 
     for size in BENCH_SIZES {
         let value = json_string_of(size).to_string();
         let mut group = c.benchmark_group(format!("boundary/fs/serialize/{}", size_label(size)));
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter("so"), |b| {
-            let backend: &dyn StateBackend = &loaded;
-            b.iter(|| {
-                backend
-                    .serialize_task_state(&scope, "key", black_box(&value))
-                    .unwrap()
-            })
+            b.iter_custom(|iters| timed_writes(&loaded, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
-            let backend: &dyn StateBackend = &in_process;
-            b.iter(|| {
-                backend
-                    .serialize_task_state(&scope, "key", black_box(&value))
-                    .unwrap()
-            })
+            b.iter_custom(|iters| timed_writes(&in_process, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
             b.iter(|| fs_floor_write(&floor_dir, &floor_file, black_box(value.as_bytes())))
@@ -68,20 +62,24 @@ fn boundary(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(format!("boundary/fs/deserialize/{}", size_label(size)));
         group.throughput(Throughput::Bytes(size as u64));
-        let Serialized::Reference(r) = loaded.serialize_task_state(&scope, "key", &value).unwrap()
+        let Serialized::Reference(r) = loaded.serialize(at, write_id(), &value).unwrap() else {
+            panic!("fs stores every value by default")
+        };
+        let Serialized::Reference(r_local) = in_process.serialize(at, write_id(), &value).unwrap()
         else {
             panic!("fs stores every value by default")
         };
-        in_process
-            .serialize_task_state(&scope, "key", &value)
-            .unwrap();
         group.bench_function(BenchmarkId::from_parameter("so"), |b| {
             let backend: &dyn StateBackend = &loaded;
-            b.iter(|| backend.deserialize_task_state(black_box(&r)).unwrap())
+            b.iter(|| backend.deserialize(black_box(&r), Some(at)).unwrap())
+        });
+        group.bench_function(BenchmarkId::from_parameter("so-lent"), |b| {
+            let backend: &dyn statehost::backend::Backend = &loaded;
+            b.iter(|| backend.deserialize(black_box(&r), Some(at)).unwrap())
         });
         group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
             let backend: &dyn StateBackend = &in_process;
-            b.iter(|| backend.deserialize_task_state(black_box(&r)).unwrap())
+            b.iter(|| backend.deserialize(black_box(&r_local), Some(at)).unwrap())
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
             b.iter(|| fs::read_to_string(black_box(&floor_file)).unwrap())

@@ -1,19 +1,23 @@
 //! The plugin boundary with the memory backend: the same call through the
 //! loaded `.so`, through the trait in-process, and as a direct call on the
 //! concrete type; and the floor, a plain map insert (serialize) or lookup
-//! and copy (deserialize) of the same bytes.
+//! and copy (deserialize) of the same bytes. Serialize writes a new object
+//! each time (as every write does); the objects are deleted between timed
+//! batches.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use statehost::backend::{Backend, InProcess};
 use statehost::plugin::LoadedBackend;
 use statehost_memory::MemoryBackend;
-use statehost_plugin_api::{Serialized, StateBackend, TaskScope, layout};
-use statehost_tests::{BENCH_SIZES, json_string_of, release_library, size_label};
+use statehost_plugin_api::conformance::write_id;
+use statehost_plugin_api::{Capabilities, Serialized, StateBackend, StateKey, TaskScope, layout};
+use statehost_tests::{BENCH_SIZES, json_string_of, release_library, size_label, timed_writes};
 
-fn reference(backend: &dyn StateBackend, scope: &TaskScope, value: &str) -> String {
-    match backend.serialize_task_state(scope, "key", value).unwrap() {
+fn reference(backend: &dyn StateBackend, at: StateKey<'_>, value: &str) -> String {
+    match backend.serialize(at, write_id(), value).unwrap() {
         Serialized::Reference(r) => r,
         Serialized::Inline => panic!("the memory backend stores every value by default"),
     }
@@ -28,7 +32,12 @@ fn boundary(c: &mut Criterion) {
     .unwrap();
     let in_process = MemoryBackend::new();
     let direct = MemoryBackend::new();
+    // What the accessors call: the host's backend interface, which lends
+    // the plugin's buffer instead of copying it.
+    let host_side: &dyn Backend = &loaded;
+    let host_in_process = InProcess::new(MemoryBackend::new(), Capabilities::LIST);
     let scope = TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap();
+    let at = StateKey::task(&scope, "key");
 
     for size in BENCH_SIZES {
         let value = json_string_of(size).to_string();
@@ -36,25 +45,23 @@ fn boundary(c: &mut Criterion) {
             c.benchmark_group(format!("boundary/memory/serialize/{}", size_label(size)));
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter("so"), |b| {
-            let dyn_backend: &dyn StateBackend = &loaded;
-            b.iter(|| dyn_backend.serialize_task_state(&scope, "key", black_box(&value)))
+            b.iter_custom(|iters| timed_writes(&loaded, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
-            let dyn_backend: &dyn StateBackend = &in_process;
-            b.iter(|| dyn_backend.serialize_task_state(&scope, "key", black_box(&value)))
+            b.iter_custom(|iters| timed_writes(&in_process, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("direct"), |b| {
-            b.iter(|| direct.serialize_task_state(&scope, "key", black_box(&value)))
+            b.iter_custom(|iters| timed_writes(&direct, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
-            // The storage work alone: replace the bytes under a ready key.
-            let mut map = BTreeMap::new();
-            let path = layout::task_object_path(&scope, "key");
-            map.insert(path.clone(), String::new());
+            // The storage work alone: a new key's path and bytes in a map.
+            let mut map = HashMap::new();
             b.iter(|| {
-                let slot = map.get_mut(black_box(&path)).unwrap();
-                slot.clear();
-                slot.push_str(black_box(&value));
+                let path = layout::object_path(at, write_id());
+                map.insert(path, black_box(value.as_str()).to_string());
+                if map.len() > 1000 {
+                    map.clear();
+                }
             })
         });
         group.finish();
@@ -62,33 +69,32 @@ fn boundary(c: &mut Criterion) {
         let mut group =
             c.benchmark_group(format!("boundary/memory/deserialize/{}", size_label(size)));
         group.throughput(Throughput::Bytes(size as u64));
-        let r_loaded = reference(&loaded, &scope, &value);
-        let r_local = reference(&in_process, &scope, &value);
-        let r_direct = reference(&direct, &scope, &value);
+        let r_loaded = reference(&loaded, at, &value);
+        let r_local = reference(&in_process, at, &value);
+        let r_direct = reference(&direct, at, &value);
+        let r_host = match host_in_process.serialize(at, write_id(), &value).unwrap() {
+            Serialized::Reference(r) => r,
+            Serialized::Inline => unreachable!(),
+        };
         group.bench_function(BenchmarkId::from_parameter("so"), |b| {
             let dyn_backend: &dyn StateBackend = &loaded;
-            b.iter(|| dyn_backend.deserialize_task_state(black_box(&r_loaded)))
+            b.iter(|| dyn_backend.deserialize(black_box(&r_loaded), Some(at)))
         });
-        group.bench_function(BenchmarkId::from_parameter("so-visit"), |b| {
-            // What the accessors use: the text is read where the plugin made it.
-            let dyn_backend: &dyn StateBackend = &loaded;
-            b.iter(|| {
-                let mut len = 0;
-                dyn_backend
-                    .visit_task_state(black_box(&r_loaded), &mut |t| len = t.len())
-                    .unwrap();
-                len
-            })
+        group.bench_function(BenchmarkId::from_parameter("so-lent"), |b| {
+            b.iter(|| host_side.deserialize(black_box(&r_loaded), Some(at)))
         });
         group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
             let dyn_backend: &dyn StateBackend = &in_process;
-            b.iter(|| dyn_backend.deserialize_task_state(black_box(&r_local)))
+            b.iter(|| dyn_backend.deserialize(black_box(&r_local), Some(at)))
+        });
+        group.bench_function(BenchmarkId::from_parameter("trait-host"), |b| {
+            b.iter(|| host_in_process.deserialize(black_box(&r_host), Some(at)))
         });
         group.bench_function(BenchmarkId::from_parameter("direct"), |b| {
-            b.iter(|| direct.deserialize_task_state(black_box(&r_direct)))
+            b.iter(|| direct.deserialize(black_box(&r_direct), Some(at)))
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
-            let mut map = BTreeMap::new();
+            let mut map = HashMap::new();
             map.insert(r_direct.clone(), value.clone());
             b.iter(|| map.get(black_box(&r_direct)).cloned())
         });

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use statehost::plugin::LoadedBackend;
-use statehost_plugin_api::{Serialized, StateBackend, TaskScope};
+use statehost_plugin_api::conformance::write_id;
+use statehost_plugin_api::{Serialized, StateBackend, StateKey, TaskScope};
 use statehost_tests::{
     bench_dir, json_string_of, moto_options, release_library, start_moto, workspace_root,
 };
@@ -24,26 +25,28 @@ fn measure(backend: &dyn StateBackend, size: usize, ops: usize) -> (f64, f64) {
     let value = json_string_of(size).to_string();
     let mut sets = Vec::new();
     let mut gets = Vec::new();
-    let mut reference = String::new();
+    let at = StateKey::task(&scope, "k");
+    let mut written = Vec::new();
     for round in 0..5 {
         let start = Instant::now();
-        for i in 0..ops {
-            if let Serialized::Reference(r) = backend
-                .serialize_task_state(&scope, &format!("k{}", i % 4), &value)
-                .unwrap()
-            {
-                reference = r;
+        for _ in 0..ops {
+            if let Serialized::Reference(r) = backend.serialize(at, write_id(), &value).unwrap() {
+                written.push(r);
             }
         }
         if round > 0 {
             sets.push(start.elapsed().as_secs_f64() * 1e6 / ops as f64);
         }
+        let reference = written.last().cloned().unwrap_or_default();
         let start = Instant::now();
         for _ in 0..ops {
-            std::hint::black_box(backend.deserialize_task_state(&reference).unwrap());
+            std::hint::black_box(backend.deserialize(&reference, Some(at)).unwrap());
         }
         if round > 0 {
             gets.push(start.elapsed().as_secs_f64() * 1e6 / ops as f64);
+        }
+        for r in written.drain(..) {
+            backend.delete_object(&r, Some(at)).unwrap();
         }
     }
     (median(sets), median(gets))

@@ -5,6 +5,10 @@
 //! fs plugins loaded from their `.so`, on the in-memory map store (the same
 //! work as the dict that stands in for Airflow's Execution API).
 //!
+//! Each backend runs with the default call deadline (calls on a pool
+//! thread) and, as `<name>-inline`, without one (calls on the caller's
+//! thread), so the deadline's cost shows.
+//!
 //! Writes `target/criterion/side_by_side/statehost.json`; `bench/report.py`
 //! prints it next to Airflow's figures.
 
@@ -13,10 +17,10 @@ use std::time::Instant;
 
 use serde_json::json;
 use statehost::StateHost;
-use statehost::config::StateStoreSettings;
-use statehost::memstore::MemoryStore;
+use statehost::backend::Limits;
 use statehost::plugin::LoadedBackend;
-use statehost_plugin_api::{StateBackend, TaskScope};
+use statehost::store::MemoryStore;
+use statehost_plugin_api::TaskScope;
 use statehost_tests::{bench_dir, json_string_of, release_library, workspace_root};
 
 const N: usize = 20_000;
@@ -32,26 +36,31 @@ fn main() {
     }
     let root = bench_dir();
     let mut results = serde_json::Map::new();
-    for backend in ["none", "memory", "fs"] {
+    for backend in ["none", "memory", "memory-inline", "fs", "fs-inline"] {
         let mut by_size = serde_json::Map::new();
         for size in SIZES {
-            let loaded = match backend {
-                "none" => None,
-                name => {
-                    let options = match name {
-                        "fs" => json!({"root": root.path().join(format!("fs-{size}"))}),
-                        _ => serde_json::Value::Null,
-                    };
-                    let library = release_library(&format!("statehost_{name}"));
-                    let b = LoadedBackend::load(library, &options, None).unwrap();
-                    Some((name.to_string(), Arc::new(b) as Arc<dyn StateBackend>))
-                }
+            let (name, inline) = match backend.strip_suffix("-inline") {
+                Some(name) => (name, true),
+                None => (backend, false),
             };
-            let host = StateHost::from_parts(
-                loaded,
-                Box::new(MemoryStore::new()),
-                StateStoreSettings::default(),
-            );
+            let mut builder = StateHost::builder(Arc::new(MemoryStore::new())).limits(Limits {
+                deadline: if inline {
+                    None
+                } else {
+                    Limits::default().deadline
+                },
+                ..Limits::default()
+            });
+            if name != "none" {
+                let options = match name {
+                    "fs" => json!({"root": root.path().join(format!("{backend}-{size}"))}),
+                    _ => serde_json::Value::Null,
+                };
+                let library = release_library(&format!("statehost_{name}"));
+                let b = LoadedBackend::load(library, &options, None).unwrap();
+                builder = builder.backend(name, Arc::new(b));
+            }
+            let host = builder.build();
             let state = host.task_state(
                 TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap(),
             );

@@ -9,16 +9,17 @@
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use std::sync::Arc;
+
 use statehost::StateHost;
-use statehost::config::StateStoreSettings;
-use statehost::store::{MetadataStore, SqliteLocation, SqliteStore};
+use statehost::store::{MetadataStore, SqliteLocation, SqliteStore, Synchronous};
 use statehost_plugin_api::TaskScope;
 use statehost_tests::{bench_dir, workspace_root};
 
 const OPS_PER_WORKER: usize = 400;
 
-fn run(store: Box<dyn MetadataStore>, workers: usize) -> (f64, f64, f64) {
-    let host = StateHost::from_parts(None, store, StateStoreSettings::default());
+fn run(store: Arc<dyn MetadataStore>, workers: usize) -> (f64, f64, f64) {
+    let host = StateHost::builder(store).build();
     let value = json!("0123456789abcd");
     let start = Instant::now();
     let per_worker: Vec<(f64, f64)> = std::thread::scope(|s| {
@@ -84,19 +85,34 @@ fn main() {
         "store", "workers", "set µs", "get µs", "ops/s"
     );
     for workers in [1usize, 4, 16] {
-        let mut stores: Vec<(&str, Box<dyn MetadataStore>)> = vec![(
-            "sqlite-file",
-            Box::new(
-                SqliteStore::open(SqliteLocation::File(
-                    dir.path().join(format!("w{workers}.db")),
-                ))
-                .unwrap(),
+        let mut stores: Vec<(&str, Arc<dyn MetadataStore>)> = vec![
+            (
+                "sqlite-full",
+                Arc::new(
+                    SqliteStore::open(SqliteLocation::File(
+                        dir.path().join(format!("full{workers}.db")),
+                    ))
+                    .unwrap(),
+                ),
             ),
-        )];
+            (
+                "sqlite-normal",
+                Arc::new(
+                    SqliteStore::open_with(
+                        SqliteLocation::File(dir.path().join(format!("normal{workers}.db"))),
+                        Synchronous::Normal,
+                    )
+                    .unwrap(),
+                ),
+            ),
+        ];
         if let Some((_, _, url)) = &pg {
             stores.push((
                 "postgresql",
-                Box::new(statehost::pgstore::PostgresStore::open(url).unwrap()),
+                Arc::new(
+                    statehost::store::PostgresStore::open(url, std::time::Duration::from_secs(30))
+                        .unwrap(),
+                ),
             ));
         }
         for (name, store) in stores {

@@ -17,11 +17,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use statehost::config::StateStoreSettings;
-use statehost::memstore::MemoryStore;
 use statehost::plugin::LoadedBackend;
+use statehost::store::MemoryStore;
 use statehost::{StateHost, TaskState};
-use statehost_plugin_api::{StateBackend, TaskScope};
+use statehost_plugin_api::TaskScope;
 use statehost_tests::{json_string_of, release_library};
 
 type Job = Arc<dyn Fn(usize, u64) + Send + Sync>;
@@ -76,11 +75,9 @@ fn threads(c: &mut Criterion) {
         None,
     )
     .unwrap();
-    let host = StateHost::from_parts(
-        Some(("memory".into(), Arc::new(loaded) as Arc<dyn StateBackend>)),
-        Box::new(MemoryStore::new()),
-        StateStoreSettings::default(),
-    );
+    let host = StateHost::builder(Arc::new(MemoryStore::new()))
+        .backend("memory", Arc::new(loaded))
+        .build();
     let label = std::env::var("STATEHOST_BENCH_LABEL")
         .map(|l| format!("{l}/"))
         .unwrap_or_default();

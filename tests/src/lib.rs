@@ -8,7 +8,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use statehost::StateHost;
+use statehost::backend::Limits;
+use statehost::config::StateStoreSettings;
+use statehost::plugin::LoadedBackend;
+use statehost::store::{MetadataStore, SqliteLocation, SqliteStore};
 
 /// The packages the tests load as plugins, and the binary they drive.
 const PACKAGES: &[&str] = &[
@@ -20,6 +27,7 @@ const PACKAGES: &[&str] = &[
     "statehost-fixture-faulty",
     "statehost-fixture-abi-mismatch",
     "statehost-fixture-not-a-plugin",
+    "statehost-fixture-v1-memory",
 ];
 
 /// What the nested build produced.
@@ -120,6 +128,55 @@ pub fn release_library(target: &str) -> &'static Path {
         .unwrap_or_else(|| panic!("no library built for {target}"))
 }
 
+/// Loads a built plugin (by library target name) with `options`; relative
+/// paths in them are relative to `dir`.
+pub fn loaded(target: &str, options: serde_json::Value, dir: Option<&Path>) -> Arc<LoadedBackend> {
+    Arc::new(
+        LoadedBackend::load(library(target), &options, dir)
+            .unwrap_or_else(|e| panic!("loading {target}: {e}")),
+    )
+}
+
+/// A SQLite store in `dir/meta.db`.
+pub fn sqlite_in(dir: &Path) -> Arc<dyn MetadataStore> {
+    Arc::new(SqliteStore::open(SqliteLocation::File(dir.join("meta.db"))).expect("open SQLite"))
+}
+
+/// Settings whose orphan grace is short enough for tests to wait out.
+pub fn short_grace() -> StateStoreSettings {
+    StateStoreSettings {
+        orphan_grace: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+/// Limits with a short deadline, for tests with slow calls.
+pub fn deadline_ms(ms: u64) -> Limits {
+    Limits {
+        deadline: Some(Duration::from_millis(ms)),
+        ..Limits::default()
+    }
+}
+
+/// A host on `store` serving the loaded `backend` (or none).
+pub fn host_on(
+    store: Arc<dyn MetadataStore>,
+    backend: Option<&Arc<LoadedBackend>>,
+    settings: StateStoreSettings,
+) -> StateHost {
+    let mut builder = StateHost::builder(store).settings(settings);
+    if let Some(backend) = backend {
+        builder = builder.backend(backend.metadata().name.clone(), backend.clone());
+    }
+    builder.build()
+}
+
+/// Waits out the orphan grace of `settings`, so gc may collect what was
+/// left before now.
+pub fn wait_out_grace(settings: &StateStoreSettings) {
+    std::thread::sleep(settings.orphan_grace + Duration::from_millis(100));
+}
+
 /// A JSON string value whose JSON text is exactly `bytes` long (at least 2).
 pub fn json_string_of(bytes: usize) -> serde_json::Value {
     serde_json::Value::String("x".repeat(bytes.saturating_sub(2)))
@@ -127,6 +184,42 @@ pub fn json_string_of(bytes: usize) -> serde_json::Value {
 
 /// The value sizes every benchmark runs at: 16 B, 1 KiB, 64 KiB, 1 MiB.
 pub const BENCH_SIZES: [usize; 4] = [16, 1 << 10, 64 << 10, 1 << 20];
+
+/// Times `iters` writes of `value` to the key `at`, each a new object,
+/// and returns the time they took; the objects are deleted between
+/// batches, untimed, so a long run does not fill the storage.
+pub fn timed_writes(
+    backend: &dyn statehost_plugin_api::StateBackend,
+    at: statehost_plugin_api::StateKey<'_>,
+    value: &str,
+    iters: u64,
+) -> Duration {
+    use statehost_plugin_api::Serialized;
+    // Keep at most ~64 MiB of objects between deletions.
+    let batch = (64 << 20) / value.len().max(1);
+    let batch = batch.clamp(1, 1000) as u64;
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    let mut written = Vec::with_capacity(batch as usize);
+    while left > 0 {
+        let n = left.min(batch);
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let id = statehost_plugin_api::conformance::write_id();
+            match backend.serialize(at, id, std::hint::black_box(value)) {
+                Ok(Serialized::Reference(r)) => written.push(r),
+                Ok(Serialized::Inline) => {}
+                Err(e) => panic!("serialize: {e}"),
+            }
+        }
+        total += start.elapsed();
+        for r in written.drain(..) {
+            backend.delete_object(&r, Some(at)).expect("delete_object");
+        }
+        left -= n;
+    }
+    total
+}
 
 /// A readable label for a size.
 pub fn size_label(bytes: usize) -> String {
@@ -241,6 +334,62 @@ pub fn check_value(value: &serde_json::Value) -> Result<String, String> {
             pad.len()
         ))
     }
+}
+
+/// Asserts a failed CLI run: the exit code, one line on stderr containing
+/// every `needle`, and no panic text or backtrace.
+pub fn assert_fails(output: &Output, code: i32, needles: &[&str]) {
+    let (stdout, stderr) = text(output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "stderr should be one line: {stderr}"
+    );
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    for bad in ["panicked at", "backtrace", "RUST_BACKTRACE"] {
+        assert!(!stderr.contains(bad), "{bad:?} in {stderr}");
+    }
+}
+
+/// The value of a variable that names a server a test needs. Such tests
+/// are `#[ignore]`d (`cargo test` lists them as ignored, with the variable
+/// to set); run them with `--include-ignored`, where a missing variable is
+/// a failure, not a skip.
+pub fn require_env(var: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!("{var} is not set: this test needs the server it names (see README, Tests)"),
+    }
+}
+
+/// For tests that measure the whole process (its threads, its memory):
+/// reruns the test `name` alone in a fresh copy of the test binary and
+/// returns `false` here (after checking that it passed there), or returns
+/// `true` in that copy, where the test's body then runs.
+pub fn in_own_process(name: &str) -> bool {
+    const VAR: &str = "STATEHOST_TEST_OWN_PROCESS";
+    if std::env::var(VAR).as_deref() == Ok(name) {
+        return true;
+    }
+    let output = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(VAR, name)
+        .output()
+        .expect("rerun the test binary");
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    false
 }
 
 /// stdout and stderr of a run, as text.

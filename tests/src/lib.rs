@@ -5,6 +5,8 @@
 //! --message-format=json` for the plugins, the fixtures and the `statehost`
 //! binary, and takes the artifact paths cargo reports.
 
+pub mod history;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

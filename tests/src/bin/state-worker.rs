@@ -12,6 +12,10 @@
 //!     `expiring` task that expires at once; exit 1 on any error
 //! state-worker CONFIG big MIB
 //!     sets and reads back one value of MIB MiB, prints peak RSS in KiB
+//! state-worker CONFIG history WORKER SEED OPS THREADS SKEW_MS LOG
+//!     THREADS workers of the history test (statehost_tests::history), with
+//!     faults injected into the backend and the store and write ids minted
+//!     SKEW_MS off the system's clock; every operation is appended to LOG
 //! ```
 
 use std::io::Write;
@@ -21,7 +25,7 @@ use std::process::ExitCode;
 use statehost::StateHost;
 use statehost::config::Config;
 use statehost_plugin_api::TaskScope;
-use statehost_tests::{check_value, make_value};
+use statehost_tests::{check_value, history, make_value};
 
 /// A small deterministic generator (xorshift), so runs can be replayed.
 struct Rng(u64);
@@ -182,10 +186,42 @@ fn big(host: &StateHost, mib: usize) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: state-worker CONFIG (crash SEED | hammer WORKER THREADS OPS LOG | big MIB)";
+    let usage = "usage: state-worker CONFIG (crash SEED | hammer WORKER THREADS OPS LOG | big MIB | history WORKER SEED OPS THREADS SKEW_MS LOG)";
     if args.len() < 3 {
         eprintln!("{usage}");
         return ExitCode::from(2);
+    }
+    let number = |i: usize| args.get(i).and_then(|a| a.parse::<i64>().ok());
+    if args[2] == "history" && args.len() == 9 {
+        let result = Config::load(Path::new(&args[1])).and_then(|config| {
+            history::faulty_host(
+                &config,
+                history::Faults::standard(),
+                number(4).unwrap_or(1) as u64,
+                number(7).unwrap_or(0),
+            )
+        });
+        let host = match result {
+            Ok(host) => host,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(3);
+            }
+        };
+        return match history::drive_into_log(
+            &host,
+            &args[3],
+            number(4).unwrap_or(1) as u64,
+            number(5).unwrap_or(100) as usize,
+            number(6).unwrap_or(2) as usize,
+            Path::new(&args[8]),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let host = match Config::load(Path::new(&args[1])).and_then(|c| StateHost::open(&c)) {
         Ok(host) => host,

@@ -12,6 +12,7 @@ mod defects;
 mod durability;
 mod faults;
 mod guards;
+mod history;
 mod legacy;
 mod object_store;
 mod plugins;

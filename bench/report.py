@@ -52,9 +52,9 @@ def main() -> None:
         for size in SIZES:
             p = f"boundary/memory/{op}/{size}"
             so, tr, di, fl = g(f"{p}/so"), g(f"{p}/trait"), g(f"{p}/direct"), g(f"{p}/floor")
-            visit = g(f"{p}/so-visit")
-            rows.append([op, size, fmt(so), fmt(visit), fmt(tr), fmt(di), fmt(fl), ratio(so, tr), ratio(visit, tr), ratio(tr, di)])
-    print(table(["op", "size", ".so", ".so visit", "trait", "direct", "floor (map)", ".so / trait", "visit / trait", "trait / direct"], rows))
+            lent = g(f"{p}/so-lent")
+            rows.append([op, size, fmt(so), fmt(lent), fmt(tr), fmt(di), fmt(fl), ratio(so, tr), ratio(lent, tr), ratio(tr, di)])
+    print(table(["op", "size", ".so", ".so lent", "trait", "direct", "floor (map)", ".so / trait", "lent / trait", "trait / direct"], rows))
 
     print("\n### Boundary: fs backend, one call\n")
     rows = []
@@ -62,9 +62,10 @@ def main() -> None:
         for size in SIZES:
             p = f"boundary/fs/{op}/{size}"
             so, tr, fl = g(f"{p}/so"), g(f"{p}/trait"), g(f"{p}/floor")
+            lent = g(f"{p}/so-lent")
             over = None if so is None or fl is None else so - fl
-            rows.append([op, size, fmt(so), fmt(tr), fmt(fl), fmt(over), ratio(so, tr)])
-    print(table(["op", "size", ".so", "trait", "floor (write+fsync+rename / read)", ".so − floor", ".so / trait"], rows))
+            rows.append([op, size, fmt(so), fmt(lent), fmt(tr), fmt(fl), fmt(over), ratio(so, tr)])
+    print(table(["op", "size", ".so", ".so lent", "trait", "floor (write+fsync+rename / read)", ".so − floor", ".so / trait"], rows))
 
     print("\n### Accessors, one thread (µs per operation)\n")
     rows = []
@@ -100,14 +101,34 @@ def main() -> None:
         ours, theirs = json.loads(ours_f.read_text()), json.loads(theirs_f.read_text())
         print("\n### Side by side with Airflow's accessors (µs per operation, N = 20000 keys)\n")
         rows = []
-        for backend in ["none", "memory", "fs"]:
+        for backend in ["none", "memory", "memory-inline", "fs", "fs-inline"]:
+            if backend not in ours:
+                continue
+            airflow = backend.removesuffix("-inline")
             for size in ["16", "1024"]:
-                o, t = ours[backend][size], theirs[backend][size]
+                o, t = ours[backend][size], theirs[airflow][size]
                 for op in ["set", "get", "pair"]:
                     rows.append([backend, f"{size} B", op, f"{t[op]:.2f}", f"{o[op]:.2f}", f"{t[op] / o[op]:.1f}×"])
         print(table(["backend", "value", "op", "Airflow 1.3.2", "statehost", "speed-up"], rows))
     else:
         print("\n(side-by-side results missing: run bench/run.sh)", file=sys.stderr)
+
+    stores_f = CRITERION / "stores" / "results.json"
+    if stores_f.exists():
+        print("\n### Metadata stores under concurrent workers (16 B values, no backend)\n")
+        rows = [[r["store"], str(r["workers"]), f"{r['set_us']:.1f}", f"{r['get_us']:.1f}", f"{r['ops_per_s']:.0f}"]
+                for r in json.loads(stores_f.read_text())]
+        print(table(["store", "workers", "set µs", "get µs", "ops/s"], rows))
+
+    over_f = CRITERION / "overwrite" / "results.json"
+    if over_f.exists():
+        print("\n### Replacing a value: fresh keys against overwrites (µs per set)\n")
+        rows = []
+        for r in json.loads(over_f.read_text()):
+            cost = r["overwrite_delete_us"] - r["fresh_us"]
+            rows.append([r["backend"], f"{r['size']} B", f"{r['fresh_us']:.1f}", f"{r['overwrite_us']:.1f}",
+                         f"{r['overwrite_delete_us']:.1f}", f"{cost:+.1f}"])
+        print(table(["backend", "value", "fresh key", "overwrite (caller)", "overwrite + delete", "delete's cost"], rows))
 
 
 if __name__ == "__main__":

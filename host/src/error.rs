@@ -161,6 +161,15 @@ pub enum Error {
         error: BackendError,
     },
 
+    /// What was asked happened (rows deleted, a gc pass done), but objects
+    /// no row needs any more could not all be deleted; gc removes them once
+    /// they are older than the orphan grace.
+    #[error("{message}")]
+    Cleanup {
+        /// What was done, and what is left.
+        message: String,
+    },
+
     /// A stored row cannot be read back as a value.
     #[error("corrupt state for {scope} key {key:?}: {message}")]
     Corrupt {

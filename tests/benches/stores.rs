@@ -1,6 +1,8 @@
 //! The metadata stores under concurrent workers: 1, 4 and 16 threads, each
 //! a task of its own, doing set then get of a 16-byte value (no backend, so
-//! the store is all that is measured), on the SQLite file (WAL) and, when
+//! the store is all that is measured), on the SQLite file (WAL, with
+//! `synchronous` full and normal, on a real disk: `$STATEHOST_DISK_DIR`,
+//! else `target/bench-disk`, never tmpfs, where a flush costs nothing) and, when
 //! `STATEHOST_TEST_POSTGRES_URL` is set, PostgreSQL over loopback (in a
 //! schema of its own). Prints set and get µs per operation (mean latency
 //! seen by a worker) and total throughput; writes
@@ -14,9 +16,18 @@ use std::sync::Arc;
 use statehost::StateHost;
 use statehost::store::{MetadataStore, SqliteLocation, SqliteStore, Synchronous};
 use statehost_plugin_api::TaskScope;
-use statehost_tests::{bench_dir, workspace_root};
+use statehost_tests::workspace_root;
 
 const OPS_PER_WORKER: usize = 400;
+
+/// A temporary directory on a real disk.
+fn disk_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("STATEHOST_DISK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/bench-disk"));
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
 
 fn run(store: Arc<dyn MetadataStore>, workers: usize) -> (f64, f64, f64) {
     let host = StateHost::builder(store).build();
@@ -61,7 +72,7 @@ fn main() {
     {
         return;
     }
-    let dir = bench_dir();
+    let dir = disk_dir();
     let pg = std::env::var("STATEHOST_TEST_POSTGRES_URL")
         .ok()
         .map(|base| {

@@ -796,6 +796,9 @@ impl MetadataStore for FaultyStore {
     fn now(&self) -> statehost::Result<i64> {
         self.inner.now()
     }
+    fn gc_epoch(&self) -> statehost::Result<i64> {
+        self.inner.gc_epoch()
+    }
     fn get_task(&self, scope: &TaskScope, key: &str) -> statehost::Result<Option<String>> {
         self.inner.get_task(scope, key)
     }

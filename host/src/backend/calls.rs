@@ -220,7 +220,7 @@ impl Calls {
     /// waiting at the deadline, `late` gets the job's result when it ends,
     /// on the thread that ran it, to undo what it did.
     pub fn run<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         op: &'static str,
         job: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
         late: impl FnOnce(&dyn Backend, Result<T, BackendError>) + Send + 'static,
@@ -233,14 +233,39 @@ impl Calls {
     /// `late`) has ended, so callers can refuse to start another call on
     /// the same thing meanwhile.
     pub fn run_marking<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         op: &'static str,
         mark: Option<(Busy, Marker)>,
         job: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
         late: impl FnOnce(&dyn Backend, Result<T, BackendError>) + Send + 'static,
     ) -> Result<T, BackendError> {
+        self.run_within(op, self.limits.deadline, mark, job, late)
+    }
+
+    /// Runs a call that walks the whole storage (listing, sweeping): its
+    /// deadline is twenty call deadlines, at least five minutes.
+    pub fn run_long<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: &'static str,
+        job: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let deadline = self
+            .limits
+            .deadline
+            .map(|d| (d * 20).max(Duration::from_secs(300)));
+        self.run_within(op, deadline, None, job, |_, _| {})
+    }
+
+    fn run_within<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: &'static str,
+        deadline: Option<Duration>,
+        mark: Option<(Busy, Marker)>,
+        job: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
+        late: impl FnOnce(&dyn Backend, Result<T, BackendError>) + Send + 'static,
+    ) -> Result<T, BackendError> {
         let slot_guard = self.acquire(op)?;
-        let Some(deadline) = self.limits.deadline else {
+        let Some(deadline) = deadline else {
             let result = job(self.backend.as_ref());
             drop(slot_guard);
             return result;
@@ -249,11 +274,15 @@ impl Calls {
             state: Mutex::new(SlotState::Waiting),
             ready: Condvar::new(),
         });
-        let backend = self.backend.clone();
+        // The job keeps these calls (their in-flight count, their pool)
+        // alive while it runs, abandoned or not: another host on the same
+        // backend then meets the same cap.
+        let this = self.clone();
         let theirs = slot.clone();
         let their_mark = mark.clone();
         self.pool
             .submit(Box::new(move || {
+                let backend = this.backend.clone();
                 let result = job(backend.as_ref());
                 let mut state = theirs.state.lock().unwrap_or_else(|p| p.into_inner());
                 match *state {
@@ -272,6 +301,7 @@ impl Calls {
                     }
                 }
                 drop(slot_guard);
+                drop(this);
             }))
             .map_err(|e| {
                 BackendError::unavailable(format!("cannot start a thread for {op}: {e}"))
@@ -319,7 +349,7 @@ impl Calls {
 
     /// Runs a call with nothing to undo if it ends late.
     pub fn run_plain<T: Send + 'static>(
-        &self,
+        self: &Arc<Self>,
         op: &'static str,
         job: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
@@ -333,7 +363,7 @@ mod tests {
     use crate::backend::InProcess;
     use statehost_plugin_api::Capabilities;
 
-    fn calls(deadline_ms: Option<u64>, max: usize) -> Calls {
+    fn calls(deadline_ms: Option<u64>, max: usize) -> Arc<Calls> {
         #[derive(Debug)]
         struct Nothing;
         impl statehost_plugin_api::StateBackend for Nothing {
@@ -370,14 +400,14 @@ mod tests {
                 Ok(())
             }
         }
-        Calls::new(
+        Arc::new(Calls::new(
             "test",
             Arc::new(InProcess::new(Nothing, Capabilities::NONE)),
             Limits {
                 deadline: deadline_ms.map(Duration::from_millis),
                 max_in_flight: max,
             },
-        )
+        ))
     }
 
     #[test]

@@ -59,7 +59,11 @@ impl std::fmt::Debug for Reaper {
 }
 
 /// Deletes one object, logging what fails (gc collects it).
-pub(crate) fn delete_now(calls: &Calls, reference: String, owner: Option<(Scope, String)>) -> bool {
+pub(crate) fn delete_now(
+    calls: &Arc<Calls>,
+    reference: String,
+    owner: Option<(Scope, String)>,
+) -> bool {
     let shown = reference.clone();
     let result = calls.run_plain("delete_object", move |backend| {
         let at = owner.as_ref().map(|(scope, key)| StateKey {

@@ -17,7 +17,7 @@ use statehost_plugin_api::{BackendError, StateKey};
 
 use super::{StateHost, backend_error, reference_in, row_scope};
 use crate::backend::Listed;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Rows expired per transaction.
 const BATCH: usize = 1000;
@@ -90,7 +90,7 @@ pub(super) fn run(
             .unwrap_or(SystemTime::UNIX_EPOCH);
         report.swept = Some(
             calls
-                .run_plain("sweep", move |b| b.sweep(older_than))
+                .run_long("sweep", move |b| b.sweep(older_than))
                 .map_err(|e| backend_error(calls.name(), "sweep", &"all scopes", "", e))?,
         );
     }
@@ -102,10 +102,11 @@ pub(super) fn run(
 fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
     let inner = host.inner();
     let calls = inner.calls().expect("checked by the caller");
-    // One clock: the database's time, taken before listing.
-    let t0 = inner.store.now()?;
+    // One clock: the database's time, taken before listing, once every
+    // fenced write that could still land has landed.
+    let t0 = inner.store.gc_epoch()?;
     let listed: Vec<Listed> = calls
-        .run_plain("list", |b| b.list(None))
+        .run_long("list", |b| b.list(None))
         .map_err(|e| backend_error(calls.name(), "list", &"all scopes", "", e))?;
     if let Some(bad) = listed.iter().find(|o| o.reference.is_empty()) {
         return Err(backend_error(
@@ -126,9 +127,15 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
             referenced.insert(r);
         }
     })?;
+    // An object no committed row references may still be referenced by a
+    // commit that is not durable yet (SQLite, synchronous = normal): make
+    // every commit durable before deleting anything.
+    if !dry_run {
+        inner.store.sync()?;
+    }
     let grace_ms = inner.settings.orphan_grace.as_millis() as i64;
     let now = SystemTime::now();
-    let mut count = 0;
+    let (mut count, mut failed, mut first_error) = (0, 0, None);
     for object in listed {
         if referenced.contains(&object.reference) {
             continue;
@@ -151,7 +158,7 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
             continue;
         }
         let removed = match &inner.legacy {
-            Some(fencing) => super::legacy::delete_orphan(inner, fencing, &object)?,
+            Some(fencing) => super::legacy::delete_orphan(inner, fencing, &object),
             None => {
                 let owner = object.owner.clone();
                 let reference = object.reference.clone();
@@ -171,10 +178,25 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
                             &object.reference,
                             e,
                         )
-                    })?
+                    })
             }
         };
-        count += usize::from(removed);
+        // One object that cannot go must not keep gc from the others.
+        match removed {
+            Ok(removed) => count += usize::from(removed),
+            Err(e) => {
+                failed += 1;
+                log::warn!("gc: {e}");
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(count)
+    match first_error {
+        None => Ok(count),
+        Some(first) => Err(Error::Cleanup {
+            message: format!(
+                "gc removed {count} orphaned objects, but {failed} could not be deleted (the first: {first}); the next gc tries again"
+            ),
+        }),
+    }
 }

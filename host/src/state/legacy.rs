@@ -234,6 +234,7 @@ pub(super) fn set(
         Ok(old) => {
             // Now inline: the key's object holds a value no row points at.
             if written.object.is_none() && old.as_deref().and_then(reference_in).is_some() {
+                inner.store.sync()?;
                 call(inner, "delete", at, |b, at| b.delete(at)).map_err(|e| error("delete", e))?;
             }
             Ok(())
@@ -390,6 +391,7 @@ pub(super) fn delete_orphan(inner: &Inner, fencing: &Fencing, object: &Listed) -
     if row.as_deref().and_then(reference_in).as_deref() == Some(object.reference.as_str()) {
         return Ok(false);
     }
+    inner.store.sync()?;
     call(inner, "delete", at, |b, at| b.delete(at))
         .map_err(|e| backend_error(calls(inner).name(), "delete", scope, key, e))?;
     Ok(true)

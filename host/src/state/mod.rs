@@ -88,8 +88,9 @@ impl Clock for SkewedClock {
 const REAPER_CAPACITY: usize = 1024;
 
 /// How often a read re-reads a row whose object went missing because the
-/// row moved on (each time, another writer replaced it meanwhile).
-const READ_ATTEMPTS: usize = 16;
+/// row moved on (each time, another writer replaced it meanwhile, so only
+/// a key rewritten faster than it can be read ever runs out).
+const READ_ATTEMPTS: usize = 100;
 
 pub(crate) struct Inner {
     backend: Option<Arc<Calls>>,
@@ -207,13 +208,13 @@ impl Builder {
 
     /// The host.
     pub fn build(self) -> StateHost {
-        let calls = self
-            .backend
-            .map(|(name, backend)| Arc::new(Calls::new(name, backend, self.limits)));
-        let legacy = calls
-            .as_ref()
-            .filter(|c| !c.backend().unique_references())
-            .map(|_| Arc::new(legacy::Fencing::new()));
+        let (calls, legacy) = match self.backend {
+            Some((name, backend)) => {
+                let (calls, fencing) = per_backend(name, backend, self.limits);
+                (Some(calls), fencing)
+            }
+            None => (None, None),
+        };
         let reaper = calls.as_ref().filter(|_| legacy.is_none()).map(|calls| {
             let store = self.store.clone();
             Reaper::new(
@@ -234,6 +235,49 @@ impl Builder {
             }),
         }
     }
+}
+
+/// What every host on one backend instance shares: the calls (one
+/// in-flight cap and one thread pool per backend, not per host) and, for a
+/// plugin-api 1.x backend, the fencing (one set of key locks per process).
+struct PerBackend {
+    backend: std::sync::Weak<dyn Backend>,
+    calls: std::sync::Weak<Calls>,
+    fencing: Option<Arc<legacy::Fencing>>,
+}
+
+/// The calls and fencing of `backend`: shared with every other host built
+/// on the same instance while any of them lives (the first one's limits
+/// apply).
+fn per_backend(
+    name: String,
+    backend: Arc<dyn Backend>,
+    limits: Limits,
+) -> (Arc<Calls>, Option<Arc<legacy::Fencing>>) {
+    static SHARED: std::sync::Mutex<Vec<PerBackend>> = std::sync::Mutex::new(Vec::new());
+    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    shared.retain(|entry| entry.calls.strong_count() > 0);
+    for entry in shared.iter() {
+        if let (Some(known), Some(calls)) = (entry.backend.upgrade(), entry.calls.upgrade())
+            && Arc::ptr_eq(&known, &backend)
+        {
+            if calls.limits() != limits {
+                log::warn!(
+                    "backend `{name}` already serves another host in this process with {:?}; those limits apply",
+                    calls.limits()
+                );
+            }
+            return (calls, entry.fencing.clone());
+        }
+    }
+    let fencing = (!backend.unique_references()).then(|| Arc::new(legacy::Fencing::new()));
+    let calls = Arc::new(Calls::new(name, backend.clone(), limits));
+    shared.push(PerBackend {
+        backend: Arc::downgrade(&backend),
+        calls: Arc::downgrade(&calls),
+        fencing: fencing.clone(),
+    });
+    (calls, fencing)
 }
 
 /// What a value became for its row: its own JSON, or an envelope around
@@ -361,7 +405,7 @@ impl StateHost {
         }
         match self.task_state(scope.clone()).clear(false) {
             Ok(()) => Ok(()),
-            Err(e @ Error::Backend { .. }) => {
+            Err(e @ (Error::Backend { .. } | Error::Cleanup { .. })) => {
                 log::warn!("clear_on_success for {scope}: {e}; gc will collect the objects");
                 Ok(())
             }
@@ -590,7 +634,11 @@ impl Inner {
         if doomed.is_empty() {
             return Ok(0);
         }
-        self.store.sync()?;
+        self.store.sync().map_err(|e| Error::Cleanup {
+            message: format!(
+                "the rows are removed, but their objects are kept because the removal could not be made durable ({e}); gc removes them once they are older than [state_store] orphan_grace"
+            ),
+        })?;
         let mut removed = 0;
         let mut first_error = None;
         for (scope, key, reference) in doomed {
@@ -609,7 +657,11 @@ impl Inner {
             }
         }
         match first_error {
-            Some(e) => Err(e),
+            Some(e) => Err(Error::Cleanup {
+                message: format!(
+                    "the rows are removed, but not every object behind them could be deleted ({e}); gc removes what is left once it is older than [state_store] orphan_grace"
+                ),
+            }),
             None => Ok(removed),
         }
     }
@@ -828,3 +880,6 @@ pub(crate) fn row_scope(row: &Row) -> Scope {
         RowOwner::Asset(a) => Scope::Asset(a.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests;

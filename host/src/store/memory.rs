@@ -151,6 +151,15 @@ impl MetadataStore for MemoryStore {
         Ok(now_ms())
     }
 
+    fn gc_epoch(&self) -> Result<i64> {
+        // Every write fences and commits under one of these locks.
+        let shards: Vec<_> = self.shards.iter().map(|s| lock(s)).collect();
+        let assets = lock(&self.assets);
+        let now = now_ms();
+        drop((shards, assets));
+        Ok(now)
+    }
+
     fn durability_warning(&self) -> Result<Option<String>> {
         Ok(Some(
             "memory:// keeps nothing once the process ends".to_string(),

@@ -18,9 +18,11 @@
 //!   statements, never from a worker's.
 //! * **Fenced writes.** A row that points at a new object commits only if
 //!   the object's write id is younger than the fence's `max_age` by the
-//!   database's clock, so garbage collection, which spares objects younger
-//!   than twice that, can never collect an object whose row is still on
-//!   its way.
+//!   database's clock, and garbage collection takes its time
+//!   ([`MetadataStore::gc_epoch`]) only after every write that passed its
+//!   fence has committed; since gc spares objects younger than twice the
+//!   fence's age, it can never collect an object whose row is still on its
+//!   way.
 //! * **Honest failures.** An error that proves nothing was applied is a
 //!   plain error; one that cannot (the connection dropped after the commit
 //!   was sent) is [`Error::OutcomeUnknown`], and nothing is retried then.
@@ -101,6 +103,13 @@ pub trait MetadataStore: Send + Sync {
 
     /// The database's clock, ms since the epoch.
     fn now(&self) -> Result<i64>;
+
+    /// The database's clock for garbage collection (its `T0`), read only
+    /// once every row write that passed its fence before has committed: a
+    /// write whose row gc cannot see yet then has a fence younger than `T0`,
+    /// so gc, which spares objects younger than twice the fence's age by
+    /// `T0`, spares its object.
+    fn gc_epoch(&self) -> Result<i64>;
 
     /// The stored text of a task key, unless absent or expired.
     fn get_task(&self, scope: &TaskScope, key: &str) -> Result<Option<String>>;

@@ -31,6 +31,9 @@ const POOL_SIZE: usize = 16;
 const MIGRATION_LOCK: i64 = 0x5354_4154_4548_4f53; // "STATEHOS"
 /// Key of the advisory lock that serializes asset registration.
 const ASSET_LOCK: i64 = 0x5354_4154_4541_5353; // "STATEASS"
+/// Key of the advisory lock between fenced row writes (shared, until they
+/// commit) and gc reading its time (exclusive, for an instant).
+const GC_LOCK: i64 = 0x5354_4154_4547_4353; // "STATEGCS"
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS statehost_meta (
@@ -326,10 +329,13 @@ impl PostgresStore {
         let mut client = self.config.connect(NoTls).map_err(|e| Error::Store {
             message: describe(&self.display, &e),
         })?;
+        // A statement stalled on a lock, or a transaction left idle by a
+        // paused client, is cut off rather than committing a fenced write
+        // late.
+        let timeout = self.statement_timeout.as_millis().max(1);
         client
             .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                self.statement_timeout.as_millis().max(1)
+                "SET statement_timeout = {timeout}; SET idle_in_transaction_session_timeout = {timeout}"
             ))
             .map_err(|e| self.error("setting the statement timeout", &e))?;
         Ok(Conn {
@@ -494,6 +500,17 @@ impl MetadataStore for PostgresStore {
         })
     }
 
+    fn gc_epoch(&self) -> Result<i64> {
+        self.write("reading the clock for gc", |c| {
+            let mut tx = c.client.transaction()?;
+            // Waits for every fenced write still open to commit.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&GC_LOCK])?;
+            let now: i64 = tx.query_one(concat!("SELECT ", now!()), &[])?.get(0);
+            tx.commit()?;
+            Ok(now)
+        })
+    }
+
     fn get_task(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
         self.read("reading task state", |c| {
             Ok(c.query_opt(
@@ -520,7 +537,8 @@ impl MetadataStore for PostgresStore {
         self.write("writing task state", |c| {
             let rows = c.write(
                 concat!(
-                    "WITH clock AS (SELECT ", now!(), " AS now)
+                    "WITH barrier AS (SELECT pg_advisory_xact_lock_shared($10)),
+                     clock AS (SELECT ", now!(), " AS now FROM barrier)
                      INSERT INTO task_state (dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at)
                      SELECT $1, $2, $3, $4, $5, $6, clock.now, clock.now + $7::bigint FROM clock
                      WHERE $8::bigint IS NULL OR abs(clock.now - $8::bigint) < $9::bigint
@@ -531,7 +549,7 @@ impl MetadataStore for PostgresStore {
                 ),
                 &[
                     &scope.dag_id(), &scope.run_id(), &scope.task_id(), &scope.map_index(), &key,
-                    &put.value, &put.retention_ms, &minted_at, &max_age,
+                    &put.value, &put.retention_ms, &minted_at, &max_age, &GC_LOCK,
                 ],
             )?;
             match rows.first() {
@@ -615,6 +633,8 @@ impl MetadataStore for PostgresStore {
         self.write("writing asset state", |c| {
             let mut tx = c.client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ASSET_LOCK])?;
+            // Held until the commit: gc reads its time only after.
+            tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&GC_LOCK])?;
             let by_name = registered(&mut tx, "name", named.name())?;
             let by_uri = registered(&mut tx, "uri", named.uri())?;
             let id: i64 = match match_asset(named, by_name, by_uri).map_err(Failure::Refused)? {

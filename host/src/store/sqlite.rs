@@ -460,6 +460,12 @@ impl MetadataStore for SqliteStore {
         self.read("reading the clock", db_now)
     }
 
+    fn gc_epoch(&self) -> Result<i64> {
+        // Writers fence and commit under the write lock: taking it waits for
+        // any of them still between the two.
+        self.write("reading the clock for gc", |tx| Ok(db_now(tx)?))
+    }
+
     fn get_task(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
         self.read("reading task state", |c| {
             c.prepare_cached(concat!(

@@ -373,6 +373,64 @@ fn every_replaced_value_is_handed_to_exactly_one_writer(store: &dyn MetadataStor
     store.clear_asset(&asset).unwrap();
 }
 
+/// gc's time waits for a write that holds the barrier (it passed its fence
+/// and has not committed): `hold` opens such a write and returns a closure
+/// that commits it.
+fn gc_epoch_waits_for_writes_in_flight(
+    store: &dyn MetadataStore,
+    hold: impl FnOnce() -> Box<dyn FnOnce() + Send>,
+) {
+    let commit = hold();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let t0 = store.gc_epoch().unwrap();
+            sender.send(t0).unwrap();
+        });
+        assert!(
+            receiver
+                .recv_timeout(std::time::Duration::from_millis(300))
+                .is_err(),
+            "gc read its time while a fenced write was still open"
+        );
+        commit();
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("gc's time once the write committed");
+    });
+}
+
+#[test]
+fn sqlite_gc_waits_for_writes_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = SqliteStore::open(SqliteLocation::File(path.clone())).unwrap();
+    gc_epoch_waits_for_writes_in_flight(&store, || {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        Box::new(move || conn.execute_batch("COMMIT").unwrap())
+    });
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+#[ignore = "needs PostgreSQL: set STATEHOST_TEST_POSTGRES_URL and run with --include-ignored"]
+fn postgres_gc_waits_for_writes_in_flight() {
+    let schema = PgSchema::create("barrier");
+    let store = pg(&schema.url()).unwrap();
+    let url = schema.url();
+    gc_epoch_waits_for_writes_in_flight(&store, || {
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        client
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock_shared({})",
+                0x5354_4154_4547_4353_i64
+            ))
+            .unwrap();
+        Box::new(move || client.batch_execute("COMMIT").unwrap())
+    });
+}
+
 #[test]
 fn sqlite_file_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -98,7 +98,7 @@ impl FsBackend {
         // rather than paying for a mkdir and a stat on every write.
         let mut temp = match create() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(dir)?;
+                self.create_dirs(dir)?;
                 create()?
             }
             other => other?,
@@ -112,6 +112,35 @@ impl FsBackend {
         if self.fsync {
             // Make the rename itself durable.
             fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Creates `dir` and the directories above it that are missing; with
+    /// `fsync`, each new directory's entry is flushed into its parent, so a
+    /// file acknowledged in it survives a power loss.
+    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while !at.exists() && at != self.root {
+            missing.push(at);
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => break,
+            }
+        }
+        for dir in missing.into_iter().rev() {
+            match fs::create_dir(dir) {
+                Ok(()) => {
+                    if self.fsync
+                        && let Some(parent) = dir.parent()
+                    {
+                        fs::File::open(parent)?.sync_all()?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -278,6 +307,15 @@ impl StateBackend for FsBackend {
         match fs::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
+                    // A delete that survives a power loss: no deleted value
+                    // comes back.
+                    if self.fsync {
+                        fs::File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(|e| {
+                                BackendError::from_io(format_args!("flushing {}", dir.display()), e)
+                            })?;
+                    }
                     self.prune(dir);
                 }
                 Ok(true)

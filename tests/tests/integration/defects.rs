@@ -259,6 +259,9 @@ impl MetadataStore for LockedOut {
     fn now(&self) -> Result<i64> {
         self.inner.now()
     }
+    fn gc_epoch(&self) -> Result<i64> {
+        self.inner.gc_epoch()
+    }
     fn get_task(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
         self.inner.get_task(scope, key)
     }

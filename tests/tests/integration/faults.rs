@@ -88,10 +88,17 @@ fn failed_delete_and_clear_remove_rows_first_and_gc_collects_the_objects() {
     let state = host.task_state(scope());
     state.set("a", &json!(1)).unwrap();
     state.set("b", &json!(2)).unwrap();
-    assert!(state.delete("a").is_err());
+    let err = state.delete("a").unwrap_err();
+    assert!(
+        matches!(err, Error::Cleanup { .. }) && err.to_string().contains("injected failure"),
+        "{err}"
+    );
     assert_eq!(state.get("a").unwrap(), None, "the row goes first");
-    let (kind, _) = backend_error(state.clear(false).unwrap_err());
-    assert_eq!(kind, ErrorKind::Unavailable);
+    let err = state.clear(false).unwrap_err();
+    assert!(
+        matches!(err, Error::Cleanup { .. }) && err.to_string().contains("rows are removed"),
+        "{err}"
+    );
     assert!(host.rows().unwrap().is_empty(), "clear removed the rows");
     // Both objects are orphans now; this backend cannot delete, so gc
     // reports the failure instead of claiming success.

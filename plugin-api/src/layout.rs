@@ -39,6 +39,8 @@
 //! id. The `v2/` prefix keeps the two apart: a 1.x listing never parses a
 //! path of this layout as its own.
 
+use std::fmt::Write;
+
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 
@@ -67,42 +69,78 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
-fn push_component(out: &mut String, text: &str) {
-    out.push('/');
+/// The bytes a component's plain percent-encoding takes.
+fn encoded_len(text: &str) -> usize {
+    text.bytes().map(|b| if is_plain(b) { 1 } else { 3 }).sum()
+}
+
+// Paths are written through `fmt::Write`: into a `String` to build one, or
+// into a `Matching` to compare one with a reference without building it.
+fn push_component<W: Write>(out: &mut W, text: &str) {
+    let _ = out.write_char('/');
     // The common case (ids and keys of letters, digits, - and _) needs no
     // encoding.
     if text.len() <= MAX_COMPONENT_BYTES && text.bytes().all(is_plain) {
-        out.push_str(text);
+        let _ = out.write_str(text);
         return;
     }
-    let start = out.len();
-    out.extend(utf8_percent_encode(text, ENCODE));
-    if out.len() - start <= MAX_COMPONENT_BYTES {
+    if encoded_len(text) <= MAX_COMPONENT_BYTES {
+        for chunk in utf8_percent_encode(text, ENCODE) {
+            let _ = out.write_str(chunk);
+        }
         return;
     }
     // Keep a readable head, cut before an escape, then the hash.
-    let mut keep = start + HASHED_KEEP_BYTES;
-    while out.as_bytes()[keep - 1] == b'%' || out.as_bytes()[keep - 2] == b'%' {
+    let mut head = String::with_capacity(HASHED_KEEP_BYTES + 33);
+    for chunk in utf8_percent_encode(text, ENCODE) {
+        head.push_str(chunk);
+        if head.len() >= HASHED_KEEP_BYTES {
+            break;
+        }
+    }
+    let mut keep = HASHED_KEEP_BYTES.min(head.len());
+    while head.as_bytes()[keep - 1] == b'%' || head.as_bytes()[keep - 2] == b'%' {
         keep -= 1;
     }
-    out.truncate(keep);
-    out.push('~');
+    head.truncate(keep);
+    head.push('~');
     let digest = Sha256::digest(text.as_bytes());
     for byte in &digest[..16] {
-        use std::fmt::Write;
-        let _ = write!(out, "{byte:02x}");
+        let _ = write!(head, "{byte:02x}");
     }
+    let _ = out.write_str(&head);
 }
 
-fn push_map_index(out: &mut String, map_index: i64) {
-    use std::fmt::Write;
-    // Digits and `-` need no encoding.
-    let _ = write!(out, "/{map_index}");
+fn push_map_index<W: Write>(out: &mut W, map_index: i64) {
+    // Digits and `-` need no encoding. (Formatted by hand: this runs on
+    // every call, and the common values are small.)
+    if map_index == -1 {
+        let _ = out.write_str("/-1");
+        return;
+    }
+    let mut digits = [0u8; 21];
+    let mut at = digits.len();
+    let negative = map_index < 0;
+    let mut n = map_index.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        digits[at] = b'-';
+    }
+    let _ = out.write_char('/');
+    let _ = out.write_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
-fn task_all_maps(out: &mut String, dag_id: &str, run_id: &str, task_id: &str) {
-    out.push_str(LAYOUT_PREFIX);
-    out.push_str("/task");
+fn task_all_maps<W: Write>(out: &mut W, dag_id: &str, run_id: &str, task_id: &str) {
+    let _ = out.write_str(LAYOUT_PREFIX);
+    let _ = out.write_str("/task");
     push_component(out, dag_id);
     push_component(out, run_id);
     push_component(out, task_id);
@@ -112,20 +150,20 @@ fn with_capacity(parts: &[&str]) -> String {
     String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 64)
 }
 
-fn push_scope(out: &mut String, scope: ScopeRef<'_>) {
+fn push_scope<W: Write>(out: &mut W, scope: ScopeRef<'_>) {
     match scope {
         ScopeRef::Task(t) => {
             task_all_maps(out, t.dag_id(), t.run_id(), t.task_id());
             push_map_index(out, t.map_index());
         }
         ScopeRef::Asset(AssetIdentity::Name(name)) => {
-            out.push_str(LAYOUT_PREFIX);
-            out.push_str("/asset/name");
+            let _ = out.write_str(LAYOUT_PREFIX);
+            let _ = out.write_str("/asset/name");
             push_component(out, name);
         }
         ScopeRef::Asset(AssetIdentity::Uri(uri)) => {
-            out.push_str(LAYOUT_PREFIX);
-            out.push_str("/asset/uri");
+            let _ = out.write_str(LAYOUT_PREFIX);
+            let _ = out.write_str("/asset/uri");
             push_component(out, uri);
         }
     }
@@ -136,6 +174,36 @@ fn scope_parts<'a>(scope: &ScopeRef<'a>) -> [&'a str; 3] {
         ScopeRef::Task(t) => [t.dag_id(), t.run_id(), t.task_id()],
         ScopeRef::Asset(AssetIdentity::Name(s) | AssetIdentity::Uri(s)) => [s, "", ""],
     }
+}
+
+/// Compares what is written into it with a text, as it goes.
+struct Matching<'a> {
+    rest: &'a str,
+    matches: bool,
+}
+
+impl Write for Matching<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.matches {
+            match self.rest.strip_prefix(s) {
+                Some(rest) => self.rest = rest,
+                None => self.matches = false,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What follows [`key_prefix`]`(at)` in `reference`, if it starts with it;
+/// compared without building the prefix.
+fn after_key_prefix<'a>(reference: &'a str, at: StateKey<'_>) -> Option<&'a str> {
+    let mut matching = Matching {
+        rest: reference,
+        matches: true,
+    };
+    push_scope(&mut matching, at.scope);
+    push_component(&mut matching, at.key);
+    matching.matches.then_some(matching.rest)
 }
 
 /// The prefix (directory) that holds every object of a scope, without a
@@ -171,7 +239,6 @@ pub fn key_prefix(at: StateKey<'_>) -> String {
 
 /// Where one write of a value goes: [`key_prefix`]`/<write id>`.
 pub fn object_path(at: StateKey<'_>, write_id: WriteId) -> String {
-    use std::fmt::Write;
     let mut out = key_prefix(at);
     let _ = write!(out, "/{write_id}");
     out
@@ -279,38 +346,45 @@ fn decode_component(raw: &str) -> Option<Option<String>> {
 /// deleted: it must be a path this layout (or the 1.x layout) makes, and
 /// when `owner` is given (the scope and key of the row it came from) it
 /// must name an object of that scope and key, so a tampered row cannot
-/// make a backend read or delete another key's object.
+/// make a backend read or delete another key's object. Answers the
+/// object's write id (`None` for a 1.x reference).
+///
+/// With an owner this compares the reference with the owner's path as it
+/// goes, without building or decoding anything: it runs on every read.
 pub fn check_reference(
     reference: &str,
     owner: Option<StateKey<'_>>,
-) -> Result<ObjectPath, BackendError> {
-    let Some(parsed) = parse_reference(reference) else {
-        return Err(BackendError::invalid_input(format!(
+) -> Result<Option<WriteId>, BackendError> {
+    if let Some(owner) = owner {
+        if let Some(rest) = after_key_prefix(reference, owner)
+            && let Some(id) = rest.strip_prefix('/')
+            && let Ok(write_id) = id.parse::<WriteId>()
+        {
+            return Ok(Some(write_id));
+        }
+        if !reference.starts_with("v2/") && legacy::object_path(owner) == reference {
+            return Ok(None);
+        }
+        return Err(BackendError::invalid_input(
+            if parse_reference(reference).is_some() {
+                format!(
+                    "the reference {} does not belong to {owner}; the row was altered",
+                    quote_short(reference)
+                )
+            } else {
+                format!(
+                    "{} is not a reference this backend makes",
+                    quote_short(reference)
+                )
+            },
+        ));
+    }
+    match parse_reference(reference) {
+        Some(parsed) => Ok(parsed.write_id),
+        None => Err(BackendError::invalid_input(format!(
             "{} is not a reference this backend makes",
             quote_short(reference)
-        )));
-    };
-    let Some(owner) = owner else {
-        return Ok(parsed);
-    };
-    let belongs = match parsed.write_id {
-        Some(_) => {
-            // The write id was parsed from the last segment: everything
-            // before it must be this key's prefix.
-            let prefix = key_prefix(owner);
-            reference.len() == prefix.len() + 37
-                && reference.starts_with(prefix.as_str())
-                && reference.as_bytes()[prefix.len()] == b'/'
-        }
-        None => legacy::object_path(owner) == reference,
-    };
-    if belongs {
-        Ok(parsed)
-    } else {
-        Err(BackendError::invalid_input(format!(
-            "the reference {} does not belong to {owner}; the row was altered",
-            quote_short(reference)
-        )))
+        ))),
     }
 }
 
@@ -578,11 +652,14 @@ mod tests {
             for segment in path.split('/') {
                 prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
             }
-            let parsed = check_reference(&path, Some(at(&scope, &key))).unwrap();
+            let checked = check_reference(&path, Some(at(&scope, &key))).unwrap();
+            prop_assert_eq!(checked, Some(write_id));
+            let parsed = parse_reference(&path).unwrap();
             prop_assert_eq!(parsed.write_id, Some(write_id));
             if let Some(owner) = parsed.owner {
-                prop_assert_eq!(owner, (scope, key));
+                prop_assert_eq!(owner, (scope.clone(), key.clone()));
             }
+            prop_assert_eq!(&key_prefix(at(&scope, &key)), &path[..path.len() - 37]);
         }
 
         #[test]

@@ -10,7 +10,8 @@
 //! thread), so the deadline's cost shows.
 //!
 //! Writes `target/criterion/side_by_side/statehost.json`; `bench/report.py`
-//! prints it next to Airflow's figures.
+//! prints it next to Airflow's figures. For profiling, `STATEHOST_BENCH_ONLY`
+//! runs one backend (`memory-inline`, ...) and `STATEHOST_BENCH_N` sets N.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +24,6 @@ use statehost::store::MemoryStore;
 use statehost_plugin_api::TaskScope;
 use statehost_tests::{bench_dir, json_string_of, release_library, workspace_root};
 
-const N: usize = 20_000;
 const SIZES: [usize; 2] = [16, 1024];
 
 fn main() {
@@ -35,8 +35,16 @@ fn main() {
         return;
     }
     let root = bench_dir();
+    let n: usize = std::env::var("STATEHOST_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let only = std::env::var("STATEHOST_BENCH_ONLY").ok();
     let mut results = serde_json::Map::new();
     for backend in ["none", "memory", "memory-inline", "fs", "fs-inline"] {
+        if only.as_deref().is_some_and(|o| o != backend) {
+            continue;
+        }
         let mut by_size = serde_json::Map::new();
         for size in SIZES {
             let (name, inline) = match backend.strip_suffix("-inline") {
@@ -65,24 +73,24 @@ fn main() {
                 TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap(),
             );
             let value = json_string_of(size);
-            let keys: Vec<String> = (0..N).map(|i| format!("key-{i}")).collect();
+            let keys: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
 
             let start = Instant::now();
             for k in &keys {
                 state.set(k, &value).unwrap();
             }
-            let set = start.elapsed().as_secs_f64() * 1e6 / N as f64;
+            let set = start.elapsed().as_secs_f64() * 1e6 / n as f64;
             let start = Instant::now();
             for k in &keys {
                 assert_eq!(state.get(k).unwrap().as_ref(), Some(&value));
             }
-            let get = start.elapsed().as_secs_f64() * 1e6 / N as f64;
+            let get = start.elapsed().as_secs_f64() * 1e6 / n as f64;
             let start = Instant::now();
             for k in &keys {
                 state.set(k, &value).unwrap();
                 state.get(k).unwrap();
             }
-            let pair = start.elapsed().as_secs_f64() * 1e6 / N as f64;
+            let pair = start.elapsed().as_secs_f64() * 1e6 / n as f64;
             println!(
                 "side_by_side/{backend}/{size}B: set {set:.2} µs, get {get:.2} µs, pair {pair:.2} µs"
             );

@@ -8,14 +8,16 @@
 //! is left to gc. Before deleting, the reaper makes the database's commits
 //! durable (a no-op unless SQLite runs with `synchronous = normal`), so a
 //! power loss can never bring back a row whose object is gone.
+//!
+//! Every object waits the same delay, so the queue is in due order; the
+//! thread sleeps until the first is due and is woken only when the queue
+//! was empty (or for a flush), not for every object queued.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
 use statehost_plugin_api::{Scope, StateKey};
 
 use super::Calls;
@@ -23,7 +25,7 @@ use super::Calls;
 /// Makes committed database changes durable before objects go.
 pub type SyncFn = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// How many times a delete refused by the in-flight cap is tried again.
+/// How many times a delete that failed is tried again.
 const RETRIES: usize = 5;
 
 struct Doomed {
@@ -33,10 +35,28 @@ struct Doomed {
     tries: usize,
 }
 
-enum Message {
-    Delete(Doomed),
-    /// Delete everything queued now, then answer.
-    Flush(Sender<()>),
+#[derive(Default)]
+struct Queue {
+    doomed: VecDeque<Doomed>,
+    /// Objects queued or being deleted.
+    pending: usize,
+    /// Asked to delete everything now (a count, so flushes never mix up).
+    flushes_asked: u64,
+    flushes_done: u64,
+    stopping: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the thread (work or a flush) and flushers (done).
+    wake: Condvar,
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The delayed deleter of replaced objects.
@@ -45,15 +65,15 @@ pub struct Reaper {
     sync: Arc<SyncFn>,
     delay: Duration,
     capacity: usize,
-    pending: Arc<AtomicUsize>,
-    thread: Mutex<Option<(Sender<Message>, JoinHandle<()>)>>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Reaper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reaper")
             .field("delay", &self.delay)
-            .field("pending", &self.pending.load(Ordering::Relaxed))
+            .field("pending", &self.pending())
             .finish_non_exhaustive()
     }
 }
@@ -93,7 +113,11 @@ impl Reaper {
             sync: Arc::new(sync),
             delay,
             capacity,
-            pending: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::new(Shared {
+                queue: Mutex::default(),
+                wake: Condvar::new(),
+                done: Condvar::new(),
+            }),
             thread: Mutex::new(None),
         }
     }
@@ -101,147 +125,172 @@ impl Reaper {
     /// Queues the object at `reference` for deletion after the delay.
     /// `false` when the queue is full: delete it now instead.
     pub fn schedule(&self, reference: String, owner: Option<(Scope, String)>) -> bool {
-        let capacity = self.capacity;
-        if self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < capacity).then_some(n + 1)
-            })
-            .is_err()
-        {
+        if !self.started() {
             return false;
         }
-        let doomed = Doomed {
+        let mut queue = self.shared.lock();
+        if queue.pending >= self.capacity || queue.stopping {
+            return false;
+        }
+        let was_empty = queue.doomed.is_empty();
+        queue.pending += 1;
+        queue.doomed.push_back(Doomed {
             due: Instant::now() + self.delay,
             reference,
             owner,
             tries: 0,
-        };
-        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if thread.is_none() {
-            match self.start() {
-                Ok(started) => *thread = Some(started),
-                Err(e) => {
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
-                    log::warn!("cannot start the thread that deletes replaced objects: {e}");
-                    return false;
-                }
-            }
+        });
+        drop(queue);
+        if was_empty {
+            self.shared.wake.notify_one();
         }
-        let sent = thread
-            .as_ref()
-            .is_some_and(|(sender, _)| sender.send(Message::Delete(doomed)).is_ok());
-        if !sent {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-        }
-        sent
+        true
     }
 
     /// Deletes everything queued now and waits until it is done.
     pub fn flush(&self) {
-        let sender = self
+        if self
             .thread
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|(sender, _)| sender.clone());
-        if let Some(sender) = sender {
-            let (done, wait) = crossbeam_channel::bounded(1);
-            if sender.send(Message::Flush(done)).is_ok() {
-                let _ = wait.recv();
-            }
+            .is_none()
+        {
+            return;
+        }
+        let mut queue = self.shared.lock();
+        queue.flushes_asked += 1;
+        let ticket = queue.flushes_asked;
+        self.shared.wake.notify_one();
+        while queue.flushes_done < ticket && !queue.stopping {
+            queue = self
+                .shared
+                .done
+                .wait(queue)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// Objects waiting to be deleted.
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+        self.shared.lock().pending
     }
 
-    fn start(&self) -> std::io::Result<(Sender<Message>, JoinHandle<()>)> {
-        let (sender, receiver) = crossbeam_channel::unbounded::<Message>();
-        let calls = self.calls.clone();
-        let sync = self.sync.clone();
-        let pending = self.pending.clone();
-        let handle = std::thread::Builder::new()
+    /// Starts the thread on first use; `false` if it cannot start.
+    fn started(&self) -> bool {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if thread.is_some() {
+            return true;
+        }
+        let (calls, sync, shared) = (self.calls.clone(), self.sync.clone(), self.shared.clone());
+        match std::thread::Builder::new()
             .name("statehost-reaper".into())
-            .spawn(move || {
-                let mut queue: VecDeque<Doomed> = VecDeque::new();
-                let reap = |queue: &mut VecDeque<Doomed>, all: bool| {
-                    let now = Instant::now();
-                    let due = queue
-                        .iter()
-                        .take_while(|d| all || d.due <= now)
-                        .count();
-                    if due == 0 {
-                        return;
-                    }
-                    if let Err(e) = sync() {
-                        log::warn!(
-                            "cannot make the database's changes durable ({e}); replaced objects are left to gc"
-                        );
-                        pending.fetch_sub(due, Ordering::AcqRel);
-                        queue.drain(..due);
-                        return;
-                    }
-                    for mut doomed in queue.drain(..due).collect::<Vec<_>>() {
-                        let (reference, owner) = (doomed.reference.clone(), doomed.owner.clone());
-                        let result = calls.run_plain("delete_object", move |backend| {
-                            let at = owner.as_ref().map(|(scope, key)| StateKey {
-                                scope: scope.as_ref(),
-                                key,
-                            });
-                            backend.delete_object(&reference, at)
-                        });
-                        match result {
-                            Ok(_) => {}
-                            Err(e) if doomed.tries < RETRIES && !all => {
-                                log::debug!("deleting {:?} failed ({e}); trying again", doomed.reference);
-                                doomed.tries += 1;
-                                doomed.due = Instant::now() + Duration::from_secs(1 << doomed.tries);
-                                queue.push_back(doomed);
-                                continue;
-                            }
-                            Err(e) => log::warn!(
-                                "backend `{}` could not delete the replaced object {:?} ({e}); gc will collect it",
-                                calls.name(),
-                                doomed.reference
-                            ),
-                        }
-                        pending.fetch_sub(1, Ordering::AcqRel);
-                    }
-                };
-                loop {
-                    let message = match queue.front() {
-                        Some(first) => {
-                            let wait = first.due.saturating_duration_since(Instant::now());
-                            match receiver.recv_timeout(wait) {
-                                Ok(message) => Some(message),
-                                Err(RecvTimeoutError::Timeout) => None,
-                                Err(RecvTimeoutError::Disconnected) => {
-                                    reap(&mut queue, true);
-                                    return;
-                                }
-                            }
-                        }
-                        None => match receiver.recv() {
-                            Ok(message) => Some(message),
-                            Err(_) => return,
-                        },
-                    };
-                    match message {
-                        Some(Message::Delete(doomed)) => queue.push_back(doomed),
-                        Some(Message::Flush(done)) => {
-                            reap(&mut queue, true);
-                            let _ = done.send(());
-                        }
-                        None => {}
-                    }
-                    reap(&mut queue, false);
-                }
-            })?;
-        Ok((sender, handle))
+            .spawn(move || run(&calls, &sync, &shared))
+        {
+            Ok(handle) => {
+                *thread = Some(handle);
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot start the thread that deletes replaced objects: {e}");
+                false
+            }
+        }
     }
+}
+
+/// The reaper's thread: sleeps until the first object is due (or a flush),
+/// then deletes what is due.
+fn run(calls: &Arc<Calls>, sync: &SyncFn, shared: &Shared) {
+    let mut queue = shared.lock();
+    loop {
+        let flushing = queue.flushes_asked > queue.flushes_done;
+        let now = Instant::now();
+        let due = if flushing || queue.stopping {
+            queue.doomed.len()
+        } else {
+            queue.doomed.iter().take_while(|d| d.due <= now).count()
+        };
+        if due == 0 {
+            if queue.stopping {
+                return;
+            }
+            let wait = queue
+                .doomed
+                .front()
+                .map(|first| first.due.saturating_duration_since(now));
+            queue = match wait {
+                Some(wait) => {
+                    shared
+                        .wake
+                        .wait_timeout(queue, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => shared.wake.wait(queue).unwrap_or_else(|p| p.into_inner()),
+            };
+            continue;
+        }
+        let batch: Vec<Doomed> = queue.doomed.drain(..due).collect();
+        let asked = queue.flushes_asked;
+        drop(queue);
+        let retry = reap(calls, sync, batch, flushing);
+        queue = shared.lock();
+        queue.pending -= retry.iter().count();
+        for doomed in retry.into_iter().flatten() {
+            queue.pending += 1;
+            queue.doomed.push_back(doomed);
+        }
+        if flushing {
+            queue.flushes_done = asked;
+            shared.done.notify_all();
+        }
+    }
+}
+
+/// Deletes a batch; returns what to try again (`None`: done with it).
+fn reap(
+    calls: &Arc<Calls>,
+    sync: &SyncFn,
+    batch: Vec<Doomed>,
+    last_try: bool,
+) -> Vec<Option<Doomed>> {
+    if let Err(e) = sync() {
+        log::warn!(
+            "cannot make the database's changes durable ({e}); {} replaced objects are left to gc",
+            batch.len()
+        );
+        return batch.into_iter().map(|_| None).collect();
+    }
+    batch
+        .into_iter()
+        .map(|mut doomed| {
+            let (reference, owner) = (doomed.reference.clone(), doomed.owner.clone());
+            let result = calls.run_plain("delete_object", move |backend| {
+                let at = owner.as_ref().map(|(scope, key)| StateKey {
+                    scope: scope.as_ref(),
+                    key,
+                });
+                backend.delete_object(&reference, at)
+            });
+            match result {
+                Ok(_) => None,
+                Err(e) if doomed.tries < RETRIES && !last_try => {
+                    log::debug!("deleting {:?} failed ({e}); trying again", doomed.reference);
+                    doomed.tries += 1;
+                    doomed.due = Instant::now() + Duration::from_secs(1 << doomed.tries);
+                    Some(doomed)
+                }
+                Err(e) => {
+                    log::warn!(
+                        "backend `{}` could not delete the replaced object {:?} ({e}); gc will collect it",
+                        calls.name(),
+                        doomed.reference
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 impl Drop for Reaper {
@@ -251,10 +300,10 @@ impl Drop for Reaper {
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some((sender, handle)) = thread {
-            // Closing the channel makes the thread delete what is queued
-            // and end.
-            drop(sender);
+        if let Some(handle) = thread {
+            // The thread deletes what is queued, then ends.
+            self.shared.lock().stopping = true;
+            self.shared.wake.notify_one();
             let _ = handle.join();
         }
     }

@@ -30,6 +30,16 @@ pub fn wrap(reference: &str) -> String {
 fn push_python_json_string(out: &mut String, text: &str) {
     use std::fmt::Write;
     out.push('"');
+    // References are printable ASCII without quotes or backslashes (the
+    // layout makes them so): nothing to escape.
+    if text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     for c in text.chars() {
         match c {
             '"' => out.push_str("\\\""),

@@ -235,7 +235,7 @@ fn run(calls: &Arc<Calls>, sync: &SyncFn, shared: &Shared) {
         drop(queue);
         let retry = reap(calls, sync, batch, flushing);
         queue = shared.lock();
-        queue.pending -= retry.iter().count();
+        queue.pending -= retry.len();
         for doomed in retry.into_iter().flatten() {
             queue.pending += 1;
             queue.doomed.push_back(doomed);

@@ -214,6 +214,12 @@ fn run(calls: &Arc<Calls>, sync: &SyncFn, shared: &Shared) {
             if queue.stopping {
                 return;
             }
+            if flushing {
+                // Nothing queued: the flush is done already.
+                queue.flushes_done = queue.flushes_asked;
+                shared.done.notify_all();
+                continue;
+            }
             let wait = queue
                 .doomed
                 .front()
@@ -306,5 +312,58 @@ impl Drop for Reaper {
             self.shared.wake.notify_one();
             let _ = handle.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{InProcess, Limits};
+    use statehost_memory::MemoryBackend;
+    use statehost_plugin_api::{Capabilities, StateBackend, TaskScope};
+
+    #[test]
+    fn replaced_objects_go_after_the_delay_or_at_a_flush() {
+        let backend = Arc::new(MemoryBackend::new());
+        let calls = Arc::new(Calls::new(
+            "memory",
+            Arc::new(InProcess::new(backend.clone(), Capabilities::LIST)),
+            Limits::default(),
+        ));
+        let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_millis(200), 2);
+        // A flush with nothing queued returns (before and after the thread
+        // started).
+        reaper.flush();
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        let write = |key: &str| match backend
+            .serialize(
+                StateKey::task(&scope, key),
+                statehost_plugin_api::WriteId::from_parts(1, u128::from(key.as_bytes()[0])),
+                "1",
+            )
+            .unwrap()
+        {
+            statehost_plugin_api::Serialized::Reference(r) => r,
+            _ => unreachable!(),
+        };
+        let owner = |key: &str| Some((Scope::Task(scope.clone()), key.to_string()));
+        assert!(reaper.schedule(write("a"), owner("a")));
+        assert!(reaper.schedule(write("b"), owner("b")));
+        assert!(
+            !reaper.schedule(write("c"), owner("c")),
+            "the queue is full"
+        );
+        assert_eq!(reaper.pending(), 2);
+        reaper.flush();
+        assert_eq!(reaper.pending(), 0);
+        reaper.flush();
+        assert!(reaper.schedule(write("d"), owner("d")));
+        let until = Instant::now() + Duration::from_secs(5);
+        while reaper.pending() > 0 {
+            assert!(Instant::now() < until, "the delayed delete never happened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Only "c" (refused by the full queue) is left.
+        assert_eq!(backend.list(None).unwrap().len(), 1);
     }
 }

@@ -200,20 +200,24 @@ pub trait AbiBackend: Send + Sync {
         value: RStr<'_>,
     ) -> RResult<ROption<RString>, AbiError>;
 
+    /// The value at `reference`, in the plugin's buffer.
     fn deserialize(
         &self,
         reference: RStr<'_>,
         owner: ROption<AbiOwner<'_>>,
     ) -> RResult<RString, AbiError>;
 
+    /// Deletes the object at `reference`; whether it was there.
     fn delete_object(
         &self,
         reference: RStr<'_>,
         owner: ROption<AbiOwner<'_>>,
     ) -> RResult<bool, AbiError>;
 
+    /// Deletes every object of one key.
     fn delete(&self, scope: AbiScope<'_>, key: RStr<'_>) -> RResult<(), AbiError>;
 
+    /// Deletes every object of a scope.
     fn clear(&self, scope: AbiScope<'_>, all_map_indices: bool) -> RResult<(), AbiError>;
 
     /// JSON [`ListRequest`] in, JSON `Vec<WireObject>` out.
@@ -304,6 +308,11 @@ pub struct WireHostContext {
     /// Most verbose level the host will print (`"off"` ... `"trace"`).
     #[serde(default)]
     pub max_level: Option<String>,
+    /// Options whose (text) value an environment variable set: option key
+    /// to variable name. Since 2.1; older plugins ignore it and get the
+    /// text as a string.
+    #[serde(default)]
+    pub env_keys: std::collections::BTreeMap<String, String>,
 }
 
 /// What `list` is asked for.
@@ -621,7 +630,8 @@ extern "C" fn new_backend<B: BackendPlugin>(
         let context = HostContext {
             config_dir: wire.config_dir.map(Into::into),
         };
-        let options = Options::from_json(options.as_str())?;
+        let mut options = Options::from_json(options.as_str())?;
+        options.mark_env(wire.env_keys);
         let backend = B::new(&options, &context)?;
         Ok(AbiBackend_TO::from_value(
             Exported(backend),

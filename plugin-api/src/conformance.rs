@@ -21,25 +21,47 @@ use crate::{
     AssetScope, ErrorKind, Scope, ScopeRef, Serialized, StateBackend, StateKey, TaskScope, WriteId,
 };
 
+macro_rules! checks {
+    ($($check:ident,)*) => {
+        /// The checks, in the order they run.
+        pub const CHECKS: &[&str] = &[$(stringify!($check)),*];
+        const CHECK_FNS: &[for<'s, 'b> fn(&'s Suite<'b>)] = &[$(|suite| suite.$check()),*];
+    };
+}
+
+checks! {
+    round_trips_every_json_kind,
+    round_trips_hostile_keys,
+    round_trips_asset_state,
+    each_write_is_an_object_of_its_own,
+    delete_object_is_exact,
+    references_must_belong_to_their_key,
+    tampered_references_are_refused,
+    isolates_scopes,
+    delete_removes_every_object_of_a_key,
+    clear_respects_map_indices,
+    clear_asset_scope,
+    survives_many_threads,
+    lists_what_it_holds,
+}
+
 /// Runs every check; panics on the first failure. Clears what it wrote.
 pub fn run(backend: &dyn StateBackend) {
+    run_reporting(backend, |_| {});
+}
+
+/// Runs every check, calling `starting` with each check's name (one of
+/// [`CHECKS`]) before it runs; panics on the first failure, so the last
+/// name reported is the check that failed. Clears what it wrote.
+pub fn run_reporting(backend: &dyn StateBackend, mut starting: impl FnMut(&'static str)) {
     let suite = Suite {
         backend,
         written: Mutex::default(),
     };
-    suite.round_trips_every_json_kind();
-    suite.round_trips_hostile_keys();
-    suite.round_trips_asset_state();
-    suite.each_write_is_an_object_of_its_own();
-    suite.delete_object_is_exact();
-    suite.references_must_belong_to_their_key();
-    suite.tampered_references_are_refused();
-    suite.isolates_scopes();
-    suite.delete_removes_every_object_of_a_key();
-    suite.clear_respects_map_indices();
-    suite.clear_asset_scope();
-    suite.survives_many_threads();
-    suite.lists_what_it_holds();
+    for (name, check) in CHECKS.iter().zip(CHECK_FNS) {
+        starting(name);
+        check(&suite);
+    }
 }
 
 /// A fresh write id for each call, as the host mints them.

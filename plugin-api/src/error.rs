@@ -4,11 +4,15 @@ use std::fmt;
 
 /// What went wrong, in terms the host can act on.
 ///
-/// The host maps kinds to behaviour: [`ErrorKind::NotFound`] from a
-/// deserialize means the value is gone, [`ErrorKind::Config`] from a
-/// constructor means the operator must fix `[backends.<name>]`, and so on.
-/// New kinds may be added in later minor versions; a host that meets a kind
-/// it does not know treats it as [`ErrorKind::Other`].
+/// Pick the kind by what the operator should do: fix the config
+/// ([`Config`](ErrorKind::Config)), wait and retry
+/// ([`Unavailable`](ErrorKind::Unavailable)), fix the input
+/// ([`InvalidInput`](ErrorKind::InvalidInput)). New kinds may be added in
+/// later minor versions.
+///
+/// # The error contract
+///
+#[doc = include_str!("../docs/error-contract.md")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -76,6 +80,44 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// The longest message an error keeps, in bytes; longer ones are cut and
+/// end in `…`.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+fn is_one_line(text: &str) -> bool {
+    text.len() <= MAX_MESSAGE_BYTES && !text.chars().any(char::is_control)
+}
+
+/// `text` as one line: lines trimmed and joined with `; `, tabs as spaces,
+/// other control characters escaped, at most [`MAX_MESSAGE_BYTES`].
+pub(crate) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_MESSAGE_BYTES));
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        for c in line.chars() {
+            match c {
+                '\t' => out.push(' '),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        if out.len() > MAX_MESSAGE_BYTES {
+            break;
+        }
+    }
+    if out.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - '…'.len_utf8();
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
 /// An error from a backend: a [kind](ErrorKind) and a one-line message.
 ///
 /// Messages are shown to operators as they are, so write them as a sentence
@@ -88,12 +130,17 @@ pub struct BackendError {
 }
 
 impl BackendError {
-    /// An error of the given kind.
+    /// An error of the given kind. The message is folded into one line
+    /// (line breaks become `; `, other control characters are escaped) and
+    /// cut at [`MAX_MESSAGE_BYTES`].
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        BackendError {
-            kind,
-            message: message.into(),
-        }
+        let message = message.into();
+        let message = if is_one_line(&message) {
+            message
+        } else {
+            one_line(&message)
+        };
+        BackendError { kind, message }
     }
 
     /// A [`ErrorKind::Config`] error.

@@ -9,21 +9,30 @@
 //!
 //! # Writing a backend
 //!
-//! Implement [`StateBackend`] (the operations) and [`BackendPlugin`] (name,
-//! description, capabilities and the constructor), then export the type with
-//! [`export_backend!`]. This is a complete backend that keeps values in
-//! memory:
+//! Start from the template: copy `examples/backend-template/` out of the
+//! statehost repository. It is a complete crate of its own (a backend, its
+//! options, its tests, the conformance suite run on the built `.so`) with
+//! nothing to delete but what you replace.
+//!
+//! A backend is a type that implements [`StateBackend`] (the operations)
+//! and [`BackendPlugin`] (name, description, capabilities and the
+//! constructor), exported with [`export_backend!`]. For storage addressed
+//! by names (files, object stores, key-value servers), implement
+//! [`PathStore`] instead of [`StateBackend`]: five methods on plain paths,
+//! and the paths, the reference checks, `delete`, `clear` and `list` come
+//! from the shared [`layout`]. This is a complete backend that keeps values
+//! in memory:
 //!
 //! ```
-//! use std::collections::HashMap;
+//! use std::collections::BTreeMap;
 //! use std::sync::Mutex;
 //!
 //! use serde::Deserialize;
 //! use statehost_plugin_api::{
-//!     BackendError, BackendPlugin, HostContext, Options, ScopeRef, Serialized, StateBackend,
-//!     StateKey, WriteId, export_backend, layout,
+//!     BackendError, BackendPlugin, HostContext, Options, PathStore, export_backend,
 //! };
 //!
+//! /// The options of `[backends.tiny]`.
 //! #[derive(Deserialize)]
 //! #[serde(deny_unknown_fields)]
 //! struct Config {
@@ -33,49 +42,31 @@
 //!
 //! pub struct TinyBackend {
 //!     inline_below: usize,
-//!     values: Mutex<HashMap<String, String>>,
+//!     objects: Mutex<BTreeMap<String, String>>,
 //! }
 //!
-//! impl TinyBackend {
-//!     /// Removes every object whose path starts with `prefix/`.
-//!     fn remove_under(&self, prefix: String) {
-//!         let prefix = prefix + "/";
-//!         self.values.lock().unwrap().retain(|path, _| !path.starts_with(&prefix));
-//!     }
-//! }
-//!
-//! impl StateBackend for TinyBackend {
-//!     fn serialize(&self, at: StateKey<'_>, write_id: WriteId, value: &str)
-//!         -> Result<Serialized, BackendError> {
-//!         if value.len() < self.inline_below {
-//!             return Ok(Serialized::Inline);
-//!         }
-//!         // Each write gets an object of its own.
-//!         let path = layout::object_path(at, write_id);
-//!         self.values.lock().unwrap().insert(path.clone(), value.to_string());
-//!         Ok(Serialized::Reference(path))
+//! impl PathStore for TinyBackend {
+//!     fn inline_below(&self) -> usize {
+//!         self.inline_below
 //!     }
 //!
-//!     fn deserialize(&self, reference: &str, owner: Option<StateKey<'_>>)
-//!         -> Result<String, BackendError> {
-//!         layout::check_reference(reference, owner)?;
-//!         self.values.lock().unwrap().get(reference).cloned()
-//!             .ok_or_else(|| BackendError::not_found(format!("no value at {reference}")))
-//!     }
-//!
-//!     fn delete_object(&self, reference: &str, owner: Option<StateKey<'_>>)
-//!         -> Result<bool, BackendError> {
-//!         layout::check_reference(reference, owner)?;
-//!         Ok(self.values.lock().unwrap().remove(reference).is_some())
-//!     }
-//!
-//!     fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
-//!         self.remove_under(layout::key_prefix(at));
+//!     fn put(&self, path: &str, value: &str) -> Result<(), BackendError> {
+//!         self.objects.lock().unwrap().insert(path.to_string(), value.to_string());
 //!         Ok(())
 //!     }
 //!
-//!     fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
-//!         self.remove_under(layout::clear_prefix(scope, all_map_indices));
+//!     fn get(&self, path: &str) -> Result<String, BackendError> {
+//!         self.objects.lock().unwrap().get(path).cloned()
+//!             .ok_or_else(|| BackendError::not_found(format!("no value at {path}")))
+//!     }
+//!
+//!     fn remove(&self, path: &str) -> Result<bool, BackendError> {
+//!         Ok(self.objects.lock().unwrap().remove(path).is_some())
+//!     }
+//!
+//!     fn remove_under(&self, prefix: &str) -> Result<(), BackendError> {
+//!         let prefix = format!("{prefix}/");
+//!         self.objects.lock().unwrap().retain(|path, _| !path.starts_with(&prefix));
 //!         Ok(())
 //!     }
 //! }
@@ -86,12 +77,51 @@
 //!
 //!     fn new(options: &Options, _host: &HostContext) -> Result<Self, BackendError> {
 //!         let config: Config = options.parse(Self::NAME)?;
-//!         Ok(TinyBackend { inline_below: config.inline_below, values: Mutex::default() })
+//!         Ok(TinyBackend { inline_below: config.inline_below, objects: Mutex::default() })
 //!     }
 //! }
 //!
 //! export_backend!(TinyBackend);
 //! # fn main() {}
+//! ```
+//!
+//! When the storage is not shaped like paths, implement [`StateBackend`]
+//! yourself; [`layout`] still gives a safe name per write and validates
+//! references:
+//!
+//! ```
+//! use statehost_plugin_api::{
+//!     BackendError, ScopeRef, Serialized, StateBackend, StateKey, WriteId, layout,
+//! };
+//!
+//! struct Rows; // stands for a table in some database
+//!
+//! impl StateBackend for Rows {
+//!     fn serialize(&self, at: StateKey<'_>, write_id: WriteId, value: &str)
+//!         -> Result<Serialized, BackendError> {
+//!         let name = layout::object_path(at, write_id); // one object per write
+//!         let _ = value; // INSERT (name, value)
+//!         Ok(Serialized::Reference(name))
+//!     }
+//!     fn deserialize(&self, reference: &str, owner: Option<StateKey<'_>>)
+//!         -> Result<String, BackendError> {
+//!         layout::check_reference(reference, owner)?; // before touching storage
+//!         Err(BackendError::not_found(format!("no row {reference}")))
+//!     }
+//!     fn delete_object(&self, reference: &str, owner: Option<StateKey<'_>>)
+//!         -> Result<bool, BackendError> {
+//!         layout::check_reference(reference, owner)?;
+//!         Ok(false) // DELETE WHERE name = reference
+//!     }
+//!     fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+//!         let _ = layout::key_prefix(at); // DELETE WHERE name LIKE prefix || '/%'
+//!         Ok(())
+//!     }
+//!     fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+//!         let _ = layout::clear_prefix(scope, all_map_indices);
+//!         Ok(())
+//!     }
+//! }
 //! ```
 //!
 //! Rules every backend follows (the [conformance suite](#testing-a-backend)
@@ -115,7 +145,13 @@
 //! * **Calls come from many threads at once**: the trait requires
 //!   `Send + Sync`.
 //! * **Reject unknown options by name**: deserialize the options into a
-//!   struct marked `#[serde(deny_unknown_fields)]` with [`Options::parse`].
+//!   struct marked `#[serde(deny_unknown_fields)]` with [`Options::parse`];
+//!   its errors name the key, the type it takes and, for a value set in the
+//!   environment, the variable.
+//! * **Errors say what to do**: pick the [`ErrorKind`] by what the operator
+//!   should do (the [error contract](ErrorKind#the-error-contract) says
+//!   what the host and the command line do with each), and write the
+//!   message as one sentence naming what failed.
 //! * **Log with the `log` macros**: records come out of the host's logger
 //!   under the plugin's name, filtered by the host's level.
 //! * **Panics are contained but are still bugs**: each entry point catches a
@@ -123,23 +159,109 @@
 //!   with `panic = "unwind"` (the default); with `panic = "abort"` a panic
 //!   ends the host process.
 //!
+//! # Backends with an async client
+//!
+//! The host calls a backend from its own threads, never from inside an
+//! async runtime, and each call returns when its work is done. A backend
+//! whose client library is async (most cloud SDKs) therefore owns a
+//! runtime:
+//!
+//! * **One runtime per backend instance**, built in [`BackendPlugin::new`]
+//!   and kept in the backend: tokio's multi-thread runtime with a couple of
+//!   worker threads, named after the plugin. Never look for the host's
+//!   runtime (`Handle::current()`): there is none, and if there were it
+//!   would not be yours to block.
+//! * **Each method blocks on it**: `self.runtime.block_on(async { ... })`.
+//!   That is safe from any number of host threads at once, because they are
+//!   not runtime threads; a current-thread runtime would serialize them.
+//! * **Bound every call**: wrap each operation in a timeout shorter than the
+//!   host's deadline (`[workers] state_backend_timeout_ms`, 30 s by
+//!   default). The host stops waiting at its deadline, but the call keeps
+//!   one of the host's threads until it returns, and the host refuses new
+//!   calls when too many are still running.
+//! * **Stop without waiting**: the host keeps one instance per process and
+//!   never unloads the library; when an instance is dropped, shut its
+//!   runtime down with `shutdown_background()` so a stuck request cannot
+//!   hang the host.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use statehost_plugin_api::{BackendError, ErrorKind};
+//!
+//! struct Remote {
+//!     runtime: Option<tokio::runtime::Runtime>,
+//!     timeout: Duration,
+//! }
+//!
+//! impl Remote {
+//!     fn start(timeout: Duration) -> Result<Remote, BackendError> {
+//!         let runtime = tokio::runtime::Builder::new_multi_thread()
+//!             .worker_threads(2)
+//!             .thread_name("statehost-remote")
+//!             .enable_all()
+//!             .build()
+//!             .map_err(|e| BackendError::unavailable(format!("cannot start a runtime: {e}")))?;
+//!         Ok(Remote { runtime: Some(runtime), timeout })
+//!     }
+//!
+//!     /// Runs one request of the async client to completion, or gives up.
+//!     fn call<T>(&self, what: &str, request: impl Future<Output = Result<T, BackendError>>)
+//!         -> Result<T, BackendError> {
+//!         let runtime = self.runtime.as_ref().expect("running until dropped");
+//!         // Make the timer inside the runtime: it needs the runtime's clock.
+//!         let bounded = async { tokio::time::timeout(self.timeout, request).await };
+//!         runtime.block_on(bounded).unwrap_or_else(|_| Err(BackendError::unavailable(
+//!             format!("{what} took longer than {:?}", self.timeout),
+//!         )))
+//!     }
+//! }
+//!
+//! impl Drop for Remote {
+//!     fn drop(&mut self) {
+//!         if let Some(runtime) = self.runtime.take() {
+//!             runtime.shutdown_background();
+//!         }
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), BackendError> {
+//! let remote = Remote::start(Duration::from_millis(200))?;
+//! // From a host thread (here: the test's), a request runs to completion...
+//! assert_eq!(remote.call("ping", async { Ok(42) })?, 42);
+//! // ... or is given up on, without waiting for it.
+//! let hung = remote.call("a hung request", async {
+//!     tokio::time::sleep(Duration::from_secs(3600)).await;
+//!     Ok(())
+//! });
+//! assert_eq!(hung.unwrap_err().kind(), ErrorKind::Unavailable);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The shipped `object_store` backend is built this way.
+//!
 //! # Building and installing
 //!
 //! ```toml
 //! # Cargo.toml of the plugin
 //! [package]
 //! name = "statehost-tiny"
+//! version = "0.1.0"
+//! edition = "2024"
 //!
 //! [lib]
 //! name = "statehost_tiny"            # the file becomes libstatehost_tiny.so
 //! crate-type = ["cdylib", "rlib"]    # cdylib for the host, rlib for your tests
 //!
 //! [dependencies]
-//! statehost-plugin-api = "2"
+//! statehost-plugin-api = "2.1"
 //! serde = { version = "1", features = ["derive"] }
 //!
 //! [dev-dependencies]
-//! statehost-plugin-api = { version = "2", features = ["conformance"] }
+//! statehost-plugin-api = { version = "2.1", features = ["conformance"] }
+//! statehost-plugin-test = "0.1"
+//! serde_json = "1"
 //! ```
 //!
 //! `cargo build --release` makes `target/release/libstatehost_tiny.so`.
@@ -155,6 +277,9 @@
 //! inline_below = 64
 //! ```
 //!
+//! Any option can also be set in the environment,
+//! `STATEHOST__BACKENDS__TINY__INLINE_BELOW=64`: the text is parsed into the
+//! type the options struct declares (see [`Options`]).
 //! `statehost plugins` lists what the host finds; `statehost check` loads
 //! the configured backend and says what went wrong if it cannot.
 //!
@@ -163,18 +288,24 @@
 //! With the `conformance` feature, `conformance::run` checks a backend
 //! against the whole contract (every JSON kind, large values, hostile keys,
 //! one object per write, exact deletes, isolation between scopes, clear,
-//! references checked against their owner, use from many threads):
+//! references checked against their owner, use from many threads). It
+//! clears every scope it wrote when it ends, so it can run against a real
+//! store. Construct the backend with the options a test needs:
 //!
 //! ```ignore
 //! #[test]
 //! fn conformance() {
-//!     let backend = TinyBackend::new(&Options::default(), &HostContext::new()).unwrap();
+//!     let options = Options::new(serde_json::json!({"inline_below": 0}));
+//!     let backend = TinyBackend::new(&options, &HostContext::new()).unwrap();
 //!     statehost_plugin_api::conformance::run(&backend);
 //! }
 //! ```
 //!
-//! The host's integration tests run the same suite again through the
-//! loaded `.so`.
+//! The `statehost-plugin-test` crate runs the same suite on the built `.so`
+//! through the host's own loader, which is what the host will do with it,
+//! and gives temporary directories and a host context to construct a
+//! backend in a unit test. Authors who do not write Rust tests run
+//! `statehost conformance path/to/libstatehost_tiny.so --options tiny.toml`.
 //!
 //! # Versions and the ABI
 //!
@@ -196,12 +327,16 @@
 //! another major version is refused with one line naming the version it was
 //! built against and the one the host expects.
 
+#![deny(missing_docs)]
+
 mod abi;
 mod context;
 mod error;
 mod export;
 pub mod layout;
 mod metadata;
+mod options;
+pub mod path_store;
 mod scope;
 mod write_id;
 
@@ -210,9 +345,11 @@ pub mod conformance;
 
 use std::time::SystemTime;
 
-pub use context::{HostContext, Options};
-pub use error::{BackendError, ErrorKind};
+pub use context::HostContext;
+pub use error::{BackendError, ErrorKind, MAX_MESSAGE_BYTES};
 pub use metadata::{Capabilities, Metadata};
+pub use options::Options;
+pub use path_store::PathStore;
 pub use scope::{
     AssetIdentity, AssetScope, MAX_ASSET_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, Scope, ScopeRef,
     StateKey, TaskRef, TaskScope, validate_key,

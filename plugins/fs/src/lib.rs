@@ -11,8 +11,10 @@
 //! fsync = true                 # flush each value and its directory to disk
 //! ```
 //!
-//! Each write of a value is a file of its own, `<root>/<layout path>` (see
-//! [`statehost_plugin_api::layout`]): every component percent-encoded (long
+//! The backend is a [`PathStore`]: files by relative path; plugin-api's
+//! shared layout does the rest. Each write of a value is a file of its own,
+//! `<root>/<layout path>` (see [`statehost_plugin_api::layout`]): every
+//! component percent-encoded (long
 //! ones hashed), so no key or scope reaches outside the root, and named by
 //! the write id, so a write never replaces another. The relative path is
 //! also the reference. Writes go to a temporary file in the same directory
@@ -27,8 +29,8 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, ScopeRef,
-    Serialized, StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
+    BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, PathStore,
+    export_backend,
 };
 
 /// Options of `[backends.fs]`.
@@ -145,17 +147,6 @@ impl FsBackend {
         Ok(())
     }
 
-    /// The file of a reference the layout made (checked against its owner
-    /// when the host names one).
-    fn file_of(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<PathBuf, BackendError> {
-        layout::check_reference(reference, owner)?;
-        Ok(self.root.join(reference))
-    }
-
     /// Removes empty directories from `dir` up to (not including) the
     /// layout's top-level directories (`v2/task`, `v2/asset/name`, ...).
     /// Best effort: a directory that is not empty, or that another thread
@@ -229,7 +220,8 @@ impl FsBackend {
         Ok(())
     }
 
-    fn walk(&self, dir: &Path, out: &mut Vec<StoredObject>) -> io::Result<()> {
+    /// Every regular file under `dir`, by its path relative to the root.
+    fn walk(&self, dir: &Path, out: &mut Vec<(String, Option<SystemTime>)>) -> io::Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -242,37 +234,28 @@ impl FsBackend {
             if file_type.is_dir() {
                 self.walk(&path, out)?;
             } else if file_type.is_file()
-                && !entry.file_name().to_string_lossy().starts_with('.')
-                && let Some(reference) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str())
-                && let Some(object) = StoredObject::from_layout_path(
-                    reference.to_string(),
-                    entry.metadata().and_then(|m| m.modified()).ok(),
-                )
+                && let Some(relative) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str())
             {
-                out.push(object);
+                let modified = entry.metadata().and_then(|m| m.modified()).ok();
+                out.push((relative.to_string(), modified));
             }
         }
         Ok(())
     }
 }
 
-impl StateBackend for FsBackend {
-    fn serialize(
-        &self,
-        at: StateKey<'_>,
-        write_id: WriteId,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        if value.len() < self.inline_threshold_bytes {
-            return Ok(Serialized::Inline);
-        }
-        let relative = layout::object_path(at, write_id);
-        let path = self.root.join(&relative);
+impl PathStore for FsBackend {
+    fn inline_below(&self) -> usize {
+        self.inline_threshold_bytes
+    }
+
+    fn put(&self, relative: &str, value: &str) -> Result<(), BackendError> {
+        let path = self.root.join(relative);
         let dir = path.parent().expect("layout paths have a parent");
         let mut attempt = 0;
         loop {
             match self.write_once(dir, &path, value.as_bytes()) {
-                Ok(()) => return Ok(Serialized::Reference(relative)),
+                Ok(()) => return Ok(()),
                 // A concurrent clear or delete removed the directory between
                 // creating it and renaming into it: do it again.
                 Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < RACE_RETRIES => {
@@ -288,22 +271,14 @@ impl StateBackend for FsBackend {
         }
     }
 
-    fn deserialize(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<String, BackendError> {
-        let path = self.file_of(reference, owner)?;
+    fn get(&self, relative: &str) -> Result<String, BackendError> {
+        let path = self.root.join(relative);
         fs::read_to_string(&path)
             .map_err(|e| BackendError::from_io(format_args!("reading {}", path.display()), e))
     }
 
-    fn delete_object(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<bool, BackendError> {
-        let path = self.file_of(reference, owner)?;
+    fn remove(&self, relative: &str) -> Result<bool, BackendError> {
+        let path = self.root.join(relative);
         match fs::remove_file(&path) {
             Ok(()) => {
                 if let Some(dir) = path.parent() {
@@ -328,26 +303,19 @@ impl StateBackend for FsBackend {
         }
     }
 
-    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
-        self.remove_tree(&layout::key_prefix(at))
+    fn remove_under(&self, prefix: &str) -> Result<(), BackendError> {
+        self.remove_tree(prefix)
     }
 
-    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
-        self.remove_tree(&layout::clear_prefix(scope, all_map_indices))
-    }
-
-    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
-        let dir = match scope {
-            Some(scope) => self.root.join(layout::scope_prefix(scope)),
-            None => self.root.clone(),
-        };
+    fn list_under(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>, BackendError> {
+        let dir = self.root.join(prefix);
         let mut out = Vec::new();
         self.walk(&dir, &mut out)
             .map_err(|e| BackendError::from_io(format_args!("listing {}", dir.display()), e))?;
         Ok(out)
     }
 
-    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
+    fn sweep_leftovers(&self, older_than: SystemTime) -> Result<usize, BackendError> {
         let mut removed = 0;
         self.sweep_dir(&self.root, older_than, &mut removed)
             .map_err(|e| {
@@ -378,7 +346,9 @@ export_backend!(FsBackend);
 mod tests {
     use super::*;
     use serde_json::json;
-    use statehost_plugin_api::{TaskScope, conformance};
+    use statehost_plugin_api::{
+        ScopeRef, Serialized, StateBackend, StateKey, TaskScope, conformance,
+    };
 
     fn backend(dir: &Path, options: serde_json::Value) -> Result<FsBackend, BackendError> {
         <FsBackend as BackendPlugin>::new(

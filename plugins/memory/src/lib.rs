@@ -15,8 +15,7 @@ use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef, Serialized,
-    StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
+    BackendError, BackendPlugin, Capabilities, HostContext, Options, PathStore, export_backend,
 };
 
 /// Options of `[backends.memory]`.
@@ -27,7 +26,7 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
-type Map = rustc_hash::FxHashMap<String, (String, WriteId, SystemTime)>;
+type Map = rustc_hash::FxHashMap<String, (String, SystemTime)>;
 
 // Padded to a cache line each: threads on different shards must not fight
 // over one line through the locks' counters.
@@ -37,10 +36,12 @@ type Shard = crossbeam_utils::CachePadded<RwLock<Map>>;
 /// working on different tasks do not queue on one lock.
 const SHARDS: usize = 16;
 
-/// Values in thread-safe hash maps, keyed by their [`layout`] path, which is
-/// also the reference. Values are spread over 16 maps by task (dag,
-/// run, task) or asset, so a clear of every map index of a task, like any
-/// single-scope operation, touches one map. (Hash maps, not ordered ones:
+/// Values in thread-safe hash maps, keyed by their layout path, which is
+/// also the reference: a [`PathStore`], so plugin-api's layout does the
+/// naming, the reference checks, `delete`, `clear` and `list`. Values are
+/// spread over 16 maps by task (dag, run, task) or asset, so a clear of
+/// every map index of a task, like any single-scope operation, touches one
+/// map. (Hash maps, not ordered ones:
 /// layout paths share long prefixes, which makes every comparison in an
 /// ordered map walk them.)
 #[derive(Debug, Default)]
@@ -80,84 +81,54 @@ impl MemoryBackend {
     fn shard(&self, path: &str) -> &Shard {
         &self.shards[shard_index(path)]
     }
+}
 
-    /// Removes every entry under `prefix/` (in one shard: a scan, which
-    /// delete and clear can afford and set and get never do).
-    fn remove_under(&self, prefix: String) {
-        let prefix = prefix + "/";
+impl PathStore for MemoryBackend {
+    fn inline_below(&self) -> usize {
+        self.inline_threshold_bytes
+    }
+
+    fn put(&self, path: &str, value: &str) -> Result<(), BackendError> {
+        let entry = (value.to_owned(), SystemTime::now());
+        self.shard(path)
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned(), entry);
+        Ok(())
+    }
+
+    fn get(&self, path: &str) -> Result<String, BackendError> {
+        let values = self.shard(path).read().unwrap_or_else(|p| p.into_inner());
+        values
+            .get(path)
+            .map(|(v, _)| v.clone())
+            .ok_or_else(|| BackendError::not_found(format!("no value in memory at {path}")))
+    }
+
+    fn remove(&self, path: &str) -> Result<bool, BackendError> {
+        let mut values = self.shard(path).write().unwrap_or_else(|p| p.into_inner());
+        Ok(values.remove(path).is_some())
+    }
+
+    /// Removes every entry under `prefix/`, in one shard: a scan, which
+    /// delete and clear can afford and set and get never do.
+    fn remove_under(&self, prefix: &str) -> Result<(), BackendError> {
+        let prefix = format!("{prefix}/");
         let mut values = self
             .shard(&prefix)
             .write()
             .unwrap_or_else(|p| p.into_inner());
         values.retain(|path, _| !path.starts_with(&prefix));
-    }
-}
-
-impl StateBackend for MemoryBackend {
-    fn serialize(
-        &self,
-        at: StateKey<'_>,
-        write_id: WriteId,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        if value.len() < self.inline_threshold_bytes {
-            return Ok(Serialized::Inline);
-        }
-        let path = layout::object_path(at, write_id);
-        let entry = (value.to_owned(), write_id, SystemTime::now());
-        self.shard(&path)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.clone(), entry);
-        Ok(Serialized::Reference(path))
-    }
-
-    fn deserialize(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<String, BackendError> {
-        layout::check_reference(reference, owner)?;
-        let values = self
-            .shard(reference)
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        values
-            .get(reference)
-            .map(|(v, _, _)| v.clone())
-            .ok_or_else(|| BackendError::not_found(format!("no value in memory at {reference}")))
-    }
-
-    fn delete_object(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<bool, BackendError> {
-        layout::check_reference(reference, owner)?;
-        let mut values = self
-            .shard(reference)
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        Ok(values.remove(reference).is_some())
-    }
-
-    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
-        self.remove_under(layout::key_prefix(at));
         Ok(())
     }
 
-    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
-        self.remove_under(layout::clear_prefix(scope, all_map_indices));
-        Ok(())
-    }
-
-    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
-        let prefix = scope
-            .map(|s| format!("{}/", layout::scope_prefix(s)))
-            .unwrap_or_default();
-        let shards: Vec<&Shard> = match scope {
-            Some(_) => vec![self.shard(&prefix)],
-            None => self.shards.iter().collect(),
+    fn list_under(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>, BackendError> {
+        let prefix = format!("{prefix}/");
+        // A scope's prefix picks its shard; the roots of the layout span all.
+        let shards: Vec<&Shard> = if prefix.matches('/').count() > 2 {
+            vec![self.shard(&prefix)]
+        } else {
+            self.shards.iter().collect()
         };
         let mut out = Vec::new();
         for shard in shards {
@@ -166,11 +137,7 @@ impl StateBackend for MemoryBackend {
                 values
                     .iter()
                     .filter(|(path, _)| path.starts_with(&prefix))
-                    .map(|(path, (_, write_id, modified))| StoredObject {
-                        reference: path.clone(),
-                        write_id: Some(*write_id),
-                        modified: Some(*modified),
-                    }),
+                    .map(|(path, (_, modified))| (path.clone(), Some(*modified))),
             );
         }
         Ok(out)
@@ -197,7 +164,10 @@ export_backend!(MemoryBackend);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statehost_plugin_api::{AssetScope, ErrorKind, TaskScope, conformance};
+    use statehost_plugin_api::{
+        AssetScope, ErrorKind, ScopeRef, Serialized, StateBackend, StateKey, TaskScope,
+        conformance, layout,
+    };
 
     #[test]
     fn passes_the_conformance_suite() {

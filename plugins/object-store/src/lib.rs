@@ -10,10 +10,11 @@
 //! url = "s3://my-bucket/statehost"     # gs://, az://, file:///abs/path, memory://
 //! inline_threshold_bytes = 0            # values whose JSON is shorter stay inline
 //! max_retries = 3                       # per request
-//! retry_timeout_ms = 30000              # give up retrying after this long
+//! retry_timeout_ms = 20000              # give up retrying after this long
 //! compression = "zstd"                  # or "none"
 //! zstd_level = 3
 //! encryption_key_env = "STATEHOST_KEY"  # AES-256-GCM key (64 hex digits or base64)
+//! operation_timeout_ms = 25000          # one operation, retries included
 //!
 //! [backends.object_store.options]       # handed to the store's builder
 //! region = "eu-west-1"
@@ -34,9 +35,13 @@
 //! (see [`codec`]), so reading never guesses and a wrong key or an altered
 //! object is an error, never garbage.
 //!
-//! The plugin is synchronous towards the host: each backend instance owns a
-//! small tokio runtime, never the host's, and blocks on it per call, which is
-//! safe from any number of host threads at once.
+//! The plugin follows plugin-api's pattern for async clients: each backend
+//! instance owns a small multi-thread tokio runtime (never the host's) and
+//! blocks on it per call, which is safe from any number of host threads at
+//! once; every operation is bounded by `operation_timeout_ms` (below the
+//! host's call deadline), and dropping the backend shuts the runtime down
+//! without waiting. It is a [`PathStore`]: objects by relative path, and
+//! plugin-api's shared layout does the rest.
 
 pub mod codec;
 
@@ -49,8 +54,8 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig};
 use serde::Deserialize;
 use statehost_plugin_api::{
-    BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef, Serialized,
-    StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
+    BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, PathStore,
+    export_backend,
 };
 
 use crate::codec::Codec;
@@ -74,6 +79,14 @@ struct StoreOptions {
     zstd_level: i32,
     #[serde(default)]
     encryption_key_env: Option<String>,
+    #[serde(default = "default_operation_timeout_ms")]
+    operation_timeout_ms: u64,
+}
+
+fn default_operation_timeout_ms() -> u64 {
+    // Below the host's default call deadline (30 s), so the plugin gives up
+    // first and the host's thread comes back.
+    25_000
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -89,7 +102,7 @@ fn default_retries() -> usize {
 }
 
 fn default_retry_timeout_ms() -> u64 {
-    30_000
+    20_000
 }
 
 fn default_zstd_level() -> i32 {
@@ -218,7 +231,20 @@ pub struct ObjectStoreBackend {
     prefix: StorePath,
     codec: Codec,
     inline_threshold_bytes: usize,
-    runtime: tokio::runtime::Runtime,
+    /// The plugin's own I/O runtime; `None` only while being dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// The longest one operation may take, retries included.
+    operation_timeout: Duration,
+}
+
+impl Drop for ObjectStoreBackend {
+    fn drop(&mut self) {
+        // Never wait for a request that hangs: the host's thread dropping
+        // the backend must not hang with it.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for ObjectStoreBackend {
@@ -242,137 +268,105 @@ impl ObjectStoreBackend {
             .map_err(|e| BackendError::invalid_input(format!("object path {full}: {e}")))
     }
 
-    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
-        self.runtime.block_on(future)
+    /// Runs one operation of the async client to completion on the
+    /// plugin's runtime, or gives up after the operation timeout (the host's
+    /// threads are never runtime threads, so blocking here is safe).
+    fn run<T>(
+        &self,
+        what: impl std::fmt::Display,
+        operation: impl Future<Output = Result<T, object_store::Error>>,
+    ) -> Result<T, BackendError> {
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        // The timer is made inside the runtime: it needs the runtime's clock.
+        let bounded = async { tokio::time::timeout(self.operation_timeout, operation).await };
+        match runtime.block_on(bounded) {
+            Ok(result) => result.map_err(|e| store_error(&what.to_string(), e)),
+            Err(_) => Err(BackendError::unavailable(format!(
+                "{what}: no answer within {} ms (operation_timeout_ms)",
+                self.operation_timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+impl PathStore for ObjectStoreBackend {
+    fn inline_below(&self) -> usize {
+        self.inline_threshold_bytes
     }
 
-    fn read(&self, reference: &str, owner: Option<StateKey<'_>>) -> Result<String, BackendError> {
-        layout::check_reference(reference, owner)?;
-        let location = self.location(reference)?;
-        let bytes = self
-            .block_on(async { self.store.get(&location).await?.bytes().await })
-            .map_err(|e| store_error(&format!("reading {location}"), e))?;
-        let value = self.codec.decode(reference, &bytes)?;
+    fn put(&self, relative: &str, value: &str) -> Result<(), BackendError> {
+        let location = self.location(relative)?;
+        let bytes = self.codec.encode(relative, value.as_bytes())?;
+        // A single put of a name no other write has: the object appears
+        // whole or not at all, and never replaces another.
+        self.run(
+            format_args!("writing {location}"),
+            self.store.put(&location, PutPayload::from(bytes)),
+        )?;
+        Ok(())
+    }
+
+    fn get(&self, relative: &str) -> Result<String, BackendError> {
+        let location = self.location(relative)?;
+        let bytes = self.run(format_args!("reading {location}"), async {
+            self.store.get(&location).await?.bytes().await
+        })?;
+        let value = self.codec.decode(relative, &bytes)?;
         String::from_utf8(value).map_err(|_| {
             BackendError::invalid_input(format!("the object at {location} is not UTF-8 text"))
         })
     }
 
-    /// Deletes every object under `relative_prefix/`.
-    fn delete_under(&self, relative_prefix: &str) -> Result<(), BackendError> {
-        let doomed = self.objects_under(relative_prefix)?;
-        let locations = doomed
+    fn remove(&self, relative: &str) -> Result<bool, BackendError> {
+        let location = self.location(relative)?;
+        match self.run(
+            format_args!("deleting {location}"),
+            self.store.delete(&location),
+        ) {
+            // Most stores do not say whether the object was there.
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_under(&self, prefix: &str) -> Result<(), BackendError> {
+        let locations = self
+            .list_under(prefix)?
             .into_iter()
             .map(|(relative, _)| self.location(&relative))
             .collect::<Result<Vec<_>, _>>()?;
-        self.block_on(async {
+        let deleted = self.run(format_args!("deleting under {prefix}"), async {
             let stream = futures::stream::iter(locations.into_iter().map(Ok)).boxed();
             self.store
                 .delete_stream(stream)
                 .try_for_each(|_| async { Ok(()) })
                 .await
-        })
-        .or_else(|e| match e {
-            object_store::Error::NotFound { .. } => Ok(()),
-            e => Err(store_error(&format!("deleting under {relative_prefix}"), e)),
-        })
+        });
+        match deleted {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
 
-    /// Every object under `relative_prefix/`, with its path relative to the
-    /// backend's prefix.
-    fn objects_under(
-        &self,
-        relative_prefix: &str,
-    ) -> Result<Vec<(String, SystemTime)>, BackendError> {
-        let base = self.location(relative_prefix)?;
+    fn list_under(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>, BackendError> {
+        let base = self.location(prefix)?;
         let strip = if self.prefix.as_ref().is_empty() {
             String::new()
         } else {
             format!("{}/", self.prefix.as_ref())
         };
-        self.block_on(async {
+        self.run(format_args!("listing {base}"), async {
             self.store
                 .list(Some(&base))
                 .map_ok(|meta| {
                     let full = meta.location.as_ref().to_string();
                     let relative = full.strip_prefix(&strip).unwrap_or(&full).to_string();
-                    (relative, SystemTime::from(meta.last_modified))
+                    (relative, Some(SystemTime::from(meta.last_modified)))
                 })
                 .try_collect::<Vec<_>>()
                 .await
         })
-        .map_err(|e| store_error(&format!("listing {base}"), e))
-    }
-}
-
-impl StateBackend for ObjectStoreBackend {
-    fn serialize(
-        &self,
-        at: StateKey<'_>,
-        write_id: WriteId,
-        value: &str,
-    ) -> Result<Serialized, BackendError> {
-        if value.len() < self.inline_threshold_bytes {
-            return Ok(Serialized::Inline);
-        }
-        let relative = layout::object_path(at, write_id);
-        let location = self.location(&relative)?;
-        let bytes = self.codec.encode(&relative, value.as_bytes())?;
-        // A single put of a name no other write has: the object appears
-        // whole or not at all, and never replaces another.
-        self.block_on(self.store.put(&location, PutPayload::from(bytes)))
-            .map_err(|e| store_error(&format!("writing {location}"), e))?;
-        Ok(Serialized::Reference(relative))
-    }
-
-    fn deserialize(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<String, BackendError> {
-        self.read(reference, owner)
-    }
-
-    fn delete_object(
-        &self,
-        reference: &str,
-        owner: Option<StateKey<'_>>,
-    ) -> Result<bool, BackendError> {
-        layout::check_reference(reference, owner)?;
-        let location = self.location(reference)?;
-        match self.block_on(self.store.delete(&location)) {
-            // Most stores do not say whether the object was there.
-            Ok(()) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(store_error(&format!("deleting {location}"), e)),
-        }
-    }
-
-    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
-        self.delete_under(&layout::key_prefix(at))
-    }
-
-    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
-        self.delete_under(&layout::clear_prefix(scope, all_map_indices))
-    }
-
-    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
-        let objects = match scope {
-            Some(scope) => self.objects_under(&layout::scope_prefix(scope))?,
-            None => {
-                let mut all = self.objects_under(layout::LAYOUT_PREFIX)?;
-                // Objects of 1.x, written before an upgrade.
-                all.extend(self.objects_under("task")?);
-                all.extend(self.objects_under("asset")?);
-                all
-            }
-        };
-        Ok(objects
-            .into_iter()
-            .filter_map(|(relative, modified)| {
-                StoredObject::from_layout_path(relative, Some(modified))
-            })
-            .collect())
     }
 }
 
@@ -432,7 +426,8 @@ impl BackendPlugin for ObjectStoreBackend {
                 key,
             ),
             inline_threshold_bytes: options.inline_threshold_bytes,
-            runtime,
+            runtime: Some(runtime),
+            operation_timeout: Duration::from_millis(options.operation_timeout_ms),
         })
     }
 }
@@ -443,7 +438,7 @@ export_backend!(ObjectStoreBackend);
 mod tests {
     use super::*;
     use serde_json::json;
-    use statehost_plugin_api::{ErrorKind, TaskScope, conformance};
+    use statehost_plugin_api::{Serialized, StateBackend, StateKey, TaskScope, conformance};
 
     fn backend(options: serde_json::Value) -> Result<ObjectStoreBackend, BackendError> {
         <ObjectStoreBackend as BackendPlugin>::new(&Options::new(options), &HostContext::new())

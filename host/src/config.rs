@@ -131,8 +131,13 @@ pub struct Config {
     /// `[workers] state_backend`; `None` when empty or absent (no backend:
     /// values stay inline in the metadata store).
     pub state_backend: Option<String>,
-    /// Every `[backends.<name>]` table, as JSON.
+    /// Every `[backends.<name>]` table, as JSON, with the environment's
+    /// overrides in it as strings.
     pub backends: BTreeMap<String, serde_json::Value>,
+    /// Per backend, the options an environment variable set: option key to
+    /// variable name. The backend parses their text into the types it
+    /// declares.
+    pub backend_env: BTreeMap<String, BTreeMap<String, String>>,
     /// `[database] url`: `sqlite://<path>` (relative to the config file),
     /// `sqlite::memory:`.
     pub database_url: String,
@@ -214,13 +219,19 @@ impl Config {
             .into_iter()
             .filter(|(name, _)| name.starts_with(ENV_PREFIX))
             .collect();
+        let mut backend_env: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         let raw = if overrides.is_empty() {
             raw
         } else {
             let mut table: toml::Table =
                 toml::from_str(text).map_err(|e| toml_error(&source_name, text, &e))?;
             for (name, value) in &overrides {
-                apply_override(&mut table, name, value)?;
+                if let Some((backend, key)) = apply_override(&mut table, name, value)? {
+                    backend_env
+                        .entry(backend)
+                        .or_default()
+                        .insert(key, name.clone());
+                }
             }
             let names: Vec<&str> = overrides.iter().map(|(n, _)| n.as_str()).collect();
             RawConfig::deserialize(table).map_err(|e| Error::Config {
@@ -228,15 +239,42 @@ impl Config {
                 message: e.message().to_string(),
             })?
         };
-        resolve(raw, file, base_dir, &source_name)
+        let mut config = resolve(raw, file, base_dir, &source_name)?;
+        config.backend_env = backend_env;
+        Ok(config)
     }
 
-    /// The options table of backend `name`, as JSON (`null` if absent).
-    pub fn backend_options(&self, name: &str) -> serde_json::Value {
-        self.backends
-            .get(name)
-            .cloned()
-            .unwrap_or(serde_json::Value::Null)
+    /// The options of backend `name`: its table (`null` if absent) and the
+    /// keys the environment set.
+    pub fn backend_options(&self, name: &str) -> BackendOptions {
+        BackendOptions {
+            table: self
+                .backends
+                .get(name)
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            env_keys: self.backend_env.get(name).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// The options a backend is constructed with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendOptions {
+    /// The `[backends.<name>]` table as JSON (`null` if absent); values the
+    /// environment set are strings.
+    pub table: serde_json::Value,
+    /// Option key to the environment variable that set it.
+    pub env_keys: BTreeMap<String, String>,
+}
+
+impl BackendOptions {
+    /// Options from a table alone.
+    pub fn new(table: serde_json::Value) -> Self {
+        BackendOptions {
+            table,
+            env_keys: BTreeMap::new(),
+        }
     }
 }
 
@@ -357,6 +395,7 @@ fn resolve(
         limits,
         state_backend,
         backends,
+        backend_env: BTreeMap::new(),
         database_url: raw
             .database
             .url
@@ -391,7 +430,14 @@ pub fn default_plugins_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()> {
+/// Applies one `STATEHOST__...` variable to the raw table. A backend option
+/// is stored as text for the backend to parse, and its (backend, key) is
+/// returned.
+fn apply_override(
+    table: &mut toml::Table,
+    name: &str,
+    value: &str,
+) -> Result<Option<(String, String)>> {
     let bad = |message: String| Error::Config {
         source_name: name.to_string(),
         message,
@@ -400,12 +446,9 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
     let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
     match parts.as_slice() {
         [backends, backend, key] if backends == "backends" => {
-            // Backend options are the plugin's to check: take TOML syntax
-            // when the value has it (numbers, booleans), text otherwise.
-            let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-                .ok()
-                .and_then(|mut t| t.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            // Backend options are the plugin's to type: it parses the text
+            // into the type its options declare (plugin-api 2.1 and later).
+            let parsed = toml::Value::String(value.to_string());
             let section = table
                 .entry("backends")
                 .or_insert_with(|| toml::Value::Table(Default::default()));
@@ -421,7 +464,7 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
                 }
                 None => return Err(bad(format!("[backends.{backend}] is not a table"))),
             }
-            Ok(())
+            Ok(Some((backend.clone(), key.clone())))
         }
         [section, key] => {
             let Some((_, _, kind)) = KEYS
@@ -465,7 +508,7 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
                 }
                 None => return Err(bad(format!("[{section}] is not a table"))),
             }
-            Ok(())
+            Ok(None)
         }
         _ => Err(bad(format!(
             "not of the form {ENV_PREFIX}<SECTION>__<KEY> or {ENV_PREFIX}BACKENDS__<NAME>__<KEY>"
@@ -518,9 +561,12 @@ mod tests {
         assert_eq!(config.state_backend.as_deref(), Some("fs"));
         assert_eq!(
             config.backend_options("fs"),
-            serde_json::json!({"root": "state", "fsync": false})
+            BackendOptions::new(serde_json::json!({"root": "state", "fsync": false}))
         );
-        assert_eq!(config.backend_options("memory"), serde_json::Value::Null);
+        assert_eq!(
+            config.backend_options("memory"),
+            BackendOptions::new(serde_json::Value::Null)
+        );
     }
 
     #[test]
@@ -563,9 +609,25 @@ mod tests {
         .unwrap();
         assert_eq!(config.state_backend.as_deref(), Some("memory"));
         assert_eq!(config.plugins_dir, PathBuf::from("/opt/plugins"));
+        // Backend options stay text, marked with their variable, for the
+        // backend to parse into the types it declares.
+        let options = config.backend_options("fs");
         assert_eq!(
-            config.backend_options("fs"),
-            serde_json::json!({"root": "/b", "inline_threshold_bytes": 12})
+            options.table,
+            serde_json::json!({"root": "/b", "inline_threshold_bytes": "12"})
+        );
+        assert_eq!(
+            options.env_keys,
+            BTreeMap::from([
+                (
+                    "inline_threshold_bytes".to_string(),
+                    "STATEHOST__BACKENDS__FS__INLINE_THRESHOLD_BYTES".to_string()
+                ),
+                (
+                    "root".to_string(),
+                    "STATEHOST__BACKENDS__FS__ROOT".to_string()
+                ),
+            ])
         );
     }
 

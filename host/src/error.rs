@@ -127,6 +127,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A caller that only reads found no metadata database where the
+    /// configuration points.
+    #[error("no metadata database at {}: nothing was ever stored with {}; point the configuration at the database the workers use ([database] url)", path.display(), config_hint(config))]
+    NoDatabase {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The config file that named it (`None`: the default location).
+        config: Option<PathBuf>,
+    },
+
     /// The metadata store failed; nothing was changed.
     #[error("metadata store: {message}")]
     Store {
@@ -199,6 +209,13 @@ fn available_hint(available: &[String]) -> String {
     }
 }
 
+fn config_hint(config: &Option<PathBuf>) -> String {
+    match config {
+        Some(file) => format!("the config file {}", file.display()),
+        None => "the default configuration (no config file was given or found: pass --config, set STATEHOST_CONFIG or create ./statehost.toml)".to_string(),
+    }
+}
+
 fn construct_hint(error: &BackendError) -> &'static str {
     match error.kind() {
         statehost_plugin_api::ErrorKind::Config => " (fix the backend's section in the config)",
@@ -213,17 +230,24 @@ impl Error {
         matches!(self, Error::OutcomeUnknown { .. })
     }
 
-    /// Whether the error is the user's input (config, names): exit code 2
-    /// rather than 3 in the CLI.
+    /// Whether the error is the caller's to fix: the configuration, a name,
+    /// a key or value, a plugin that is not where the configuration says,
+    /// or a backend error of kind `Config` or `InvalidInput` (see the error
+    /// contract in the plugin-api docs). The command line exits with 2 for
+    /// these and 3 for the rest.
     pub fn is_bad_input(&self) -> bool {
         match self {
             Error::Config { .. }
             | Error::InvalidBackendName { .. }
+            | Error::PluginNotFound { .. }
             | Error::NoBackend
+            | Error::NoDatabase { .. }
             | Error::InvalidInput { .. } => true,
-            Error::Construct { error, .. } => {
-                error.kind() == statehost_plugin_api::ErrorKind::Config
-            }
+            Error::Construct { error, .. } | Error::Backend { error, .. } => matches!(
+                error.kind(),
+                statehost_plugin_api::ErrorKind::Config
+                    | statehost_plugin_api::ErrorKind::InvalidInput
+            ),
             _ => false,
         }
     }

@@ -402,7 +402,11 @@ pub fn faulty_host(
         .settings(config.state_store.clone())
         .limits(config.limits)
         .clock(Arc::new(statehost::state::SkewedClock { skew_ms }));
-    if let Some(backend) = statehost::plugin::load_configured(config)? {
+    // The history's deadline is for calls; starting the backend (a runtime,
+    // a client) on a busy machine may take longer, and is not under test.
+    let mut loading = config.clone();
+    loading.limits.deadline = Some(Duration::from_secs(30));
+    if let Some(backend) = statehost::plugin::load_configured(&loading)? {
         let name = backend.metadata().name.clone();
         let backend: Arc<dyn Backend> = Arc::new(backend);
         builder = builder.backend(

@@ -21,7 +21,7 @@ use statehost::store::{MetadataStore, SqliteLocation, SqliteStore};
 
 /// The packages the tests load as plugins, and the binary they drive.
 const PACKAGES: &[&str] = &[
-    "statehost",
+    "statehost-cli",
     "statehost-tests",
     "statehost-object-store",
     "statehost-memory",
@@ -293,19 +293,31 @@ impl Sandbox {
     /// Runs the `statehost` CLI with this sandbox's config and a clean
     /// environment (no `STATEHOST_*` or `RUST_LOG` from the caller).
     pub fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut command = Command::new(&artifacts().statehost);
-        command.current_dir(self.path());
-        for (name, _) in std::env::vars() {
-            if name.starts_with("STATEHOST") || name == "RUST_LOG" {
-                command.env_remove(name);
-            }
-        }
+        self.command(args, env).output().expect("run statehost")
+    }
+
+    /// The command [`run`](Sandbox::run) runs, to set its streams.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = statehost_command(self.path());
         command
             .arg("--config")
             .arg(self.path().join("statehost.toml"));
         command.args(args).envs(env.iter().copied());
-        command.output().expect("run statehost")
+        command
     }
+}
+
+/// The `statehost` CLI in `dir`, with no `STATEHOST_*` or `RUST_LOG` from
+/// the caller's environment and no config file unless the caller adds one.
+pub fn statehost_command(dir: &Path) -> Command {
+    let mut command = Command::new(&artifacts().statehost);
+    command.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("STATEHOST") || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// A value that proves it was written whole: `id` repeated to `len` bytes

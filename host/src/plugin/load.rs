@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use statehost_plugin_api::__private::{LibHeader, LibraryError, lib_header_from_path};
+use abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
 use statehost_plugin_api::{Metadata, PLUGIN_API_VERSION};
 
 use super::guard::{guard, refused, sha256_of};

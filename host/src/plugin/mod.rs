@@ -27,7 +27,7 @@ use statehost_plugin_api::{
 };
 
 use crate::backend::{Backend, Listed, Text, unsupported};
-use crate::config::Config;
+use crate::config::{BackendOptions, Config};
 use crate::error::{Error, Result};
 
 mod current;
@@ -260,7 +260,7 @@ impl LoadedBackend {
     ) -> Result<LoadedBackend> {
         LoadedBackend::construct(
             load_library(path, &LoadPolicy::default())?,
-            options,
+            &BackendOptions::new(options.clone()),
             config_dir,
             None,
         )
@@ -271,15 +271,16 @@ impl LoadedBackend {
     /// (it goes on in the background; what it makes is dropped).
     pub fn construct(
         library: Arc<PluginLibrary>,
-        options: &serde_json::Value,
+        options: &BackendOptions,
         config_dir: Option<&Path>,
         deadline: Option<Duration>,
     ) -> Result<LoadedBackend> {
         let name = library.metadata.name.clone();
-        let options = if options.is_null() {
+        let env_keys = options.env_keys.clone();
+        let options = if options.table.is_null() {
             String::new()
         } else {
-            options.to_string()
+            options.table.to_string()
         };
         let config_dir = config_dir.map(|d| d.display().to_string());
         let max_level = Some(log::max_level().to_string().to_lowercase());
@@ -292,6 +293,7 @@ impl LoadedBackend {
                 &WireHostContext {
                     config_dir,
                     max_level,
+                    env_keys,
                 },
                 logger,
             )
@@ -522,9 +524,12 @@ pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
                 available,
             });
         }
-        return Err(Error::PluginUnreadable {
-            path: location.path,
-            message: "no such file; check [workers] state_backend".to_string(),
+        return Err(Error::Config {
+            source_name: "[workers] state_backend".to_string(),
+            message: format!(
+                "{} does not exist; point it at a libstatehost_<name>.so, or give a plugin name",
+                location.path.display()
+            ),
         });
     }
     let library = load_library(&location.path, &LoadPolicy::for_config(config, &location))?;
@@ -568,8 +573,10 @@ pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
             let options = config.backend_options(&location.name);
             let pin = config.state_backend_sha256.as_deref().unwrap_or("none");
             format!(
-                "{} with options {options} (sha256 pin: {pin})",
-                location.path.display()
+                "{} with options {} (set by the environment: {:?}; sha256 pin: {pin})",
+                location.path.display(),
+                options.table,
+                options.env_keys
             )
         }
     };

@@ -127,7 +127,25 @@ impl std::fmt::Debug for StateHost {
     }
 }
 
-/// Opens the store named by `[database] url`.
+/// Opens the store named by `[database] url`, only if it exists: a SQLite
+/// file that is not there is an [`Error::NoDatabase`], not a new database.
+/// For commands that only read (or only delete), which have nothing to do
+/// in a database nobody wrote.
+pub fn open_existing_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
+    if let Ok(crate::store::SqliteLocation::File(path)) =
+        crate::store::SqliteLocation::parse(&config.database_url, &config.base_dir)
+        && !path.exists()
+    {
+        return Err(Error::NoDatabase {
+            path,
+            config: config.file.clone(),
+        });
+    }
+    open_store(config)
+}
+
+/// Opens the store named by `[database] url`, creating a SQLite database
+/// (and its schema) when there is none.
 pub fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
     if config.database_url == "memory://" {
         return Ok(Arc::new(crate::store::MemoryStore::new()));
@@ -329,8 +347,18 @@ impl StateHost {
     /// Opens the configured backend (the process's one cached instance, or
     /// none when `state_backend` is empty) and store.
     pub fn open(config: &Config) -> Result<StateHost> {
+        StateHost::open_on(config, open_store(config)?)
+    }
+
+    /// Like [`open`](StateHost::open), but refuses to create the metadata
+    /// database ([`Error::NoDatabase`]): for callers that only read.
+    pub fn open_existing(config: &Config) -> Result<StateHost> {
+        StateHost::open_on(config, open_existing_store(config)?)
+    }
+
+    fn open_on(config: &Config, store: Arc<dyn MetadataStore>) -> Result<StateHost> {
         let backend = plugin::shared_backend(config)?;
-        let mut builder = StateHost::builder(open_store(config)?)
+        let mut builder = StateHost::builder(store)
             .settings(config.state_store.clone())
             .limits(config.limits);
         if let Some(backend) = backend {

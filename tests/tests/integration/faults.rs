@@ -159,7 +159,7 @@ fn a_constructor_past_the_deadline_is_an_error() {
     let started = std::time::Instant::now();
     let err = LoadedBackend::construct(
         library,
-        &json!({"on_new": "slow:2000"}),
+        &statehost::config::BackendOptions::new(json!({"on_new": "slow:2000"})),
         None,
         Some(Duration::from_millis(100)),
     )

@@ -8,6 +8,8 @@
 //! them; `.ci/run` runs them with `--include-ignored`, where a missing
 //! variable fails the test instead of skipping it.
 
+mod author_kit;
+mod cli;
 mod defects;
 mod durability;
 mod faults;

@@ -1,5 +1,5 @@
 //! State through the loaded backends: the envelope, the accessors, the
-//! store, retention and gc, and the CLI on top.
+//! store, retention and gc.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use statehost::config::StateStoreSettings;
 use statehost::{Error, Retention, StateHost};
 use statehost_plugin_api::{AssetScope, ScopeRef, StateBackend, TaskScope};
-use statehost_tests::{Sandbox, host_on, loaded, short_grace, sqlite_in, text, wait_out_grace};
+use statehost_tests::{host_on, loaded, short_grace, sqlite_in, wait_out_grace};
 
 fn host_with(
     backend: Option<(&str, serde_json::Value)>,
@@ -398,85 +398,4 @@ fn clear_on_success_removes_rows_and_objects() {
             .is_empty()
     );
     assert_eq!(host.task_state(other).get("k").unwrap(), Some(json!(2)));
-}
-#[test]
-fn cli_exit_codes() {
-    let sandbox = Sandbox::with_plugins(&[("statehost_fs", "fs"), ("fixture_faulty", "faulty")]);
-    sandbox.config(
-        "[workers]\nstate_backend = \"fs\"\n[database]\nurl = \"sqlite://db/meta.db\"\n[backends.fs]\nroot = \"objects\"\n",
-    );
-    let task = [
-        "task-state",
-        "--dag-id",
-        "d",
-        "--run-id",
-        "r",
-        "--task-id",
-        "t",
-    ];
-    let run = |args: &[&str], env: &[(&str, &str)]| {
-        let all: Vec<&str> = task.iter().chain(args).copied().collect();
-        sandbox.run(&all, env)
-    };
-    let out = run(&["set", "k", r#"{"v": [1, 2]}"#], &[]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let out = run(&["get", "k"], &[]);
-    assert_eq!(text(&out).0.trim(), r#"{"v":[1,2]}"#);
-    assert_eq!(run(&["get", "missing"], &[]).status.code(), Some(1));
-    assert_eq!(run(&["set", "k", "{not json"], &[]).status.code(), Some(2));
-    assert_eq!(run(&["set", "", "1"], &[]).status.code(), Some(2));
-    assert_eq!(
-        sandbox.run(&["task-state", "get", "k"], &[]).status.code(),
-        Some(2)
-    );
-    let out = run(
-        &["set", "k2", "1"],
-        &[
-            ("STATEHOST__WORKERS__STATE_BACKEND", "faulty"),
-            (
-                "STATEHOST__BACKENDS__FAULTY__OPS",
-                "{serialize = \"error\"}",
-            ),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
-    assert!(
-        text(&out).1.contains("injected failure"),
-        "{:?}",
-        text(&out)
-    );
-
-    let out = sandbox.run(&["rows", "--json"], &[]);
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), 1);
-    let value = rows[0]["value"].as_str().unwrap();
-    assert!(
-        value.starts_with(r#"{"__airflow_state_ref__": "v2/task/d/r/t/-1/k/"#),
-        "{value}"
-    );
-
-    // With no backend, the envelope is reported, not handed back as the value.
-    let out = run(&["get", "k"], &[("STATEHOST__WORKERS__STATE_BACKEND", "")]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("no backend is configured"));
-
-    let out = sandbox.run(&["asset-state", "--name", "a", "set", "wm", "\"x\""], &[]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let out = sandbox.run(&["asset-state", "--name", "a", "get", "wm"], &[]);
-    assert_eq!(text(&out).0.trim(), "\"x\"");
-    assert_eq!(
-        sandbox
-            .run(&["asset-state", "get", "wm"], &[])
-            .status
-            .code(),
-        Some(2)
-    );
-
-    let out = sandbox.run(&["gc"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("0 expired rows"), "{:?}", text(&out));
-
-    let out = sandbox.run(&["demo"], &[]);
-    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    assert!(text(&out).0.contains("__airflow_state_ref__"));
 }

@@ -1,0 +1,8 @@
+//! One module per group of commands.
+
+pub mod conformance;
+pub mod demo;
+pub mod gc;
+pub mod plugins;
+pub mod rows;
+pub mod state;

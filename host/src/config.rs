@@ -17,6 +17,9 @@ use crate::backend::Limits;
 use crate::error::{Error, Result};
 use crate::store::Synchronous;
 
+/// The largest config file read, in bytes: real ones are a few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The environment variable prefix for overrides.
 pub const ENV_PREFIX: &str = "STATEHOST__";
 
@@ -177,10 +180,10 @@ impl Default for StateStoreSettings {
 impl Config {
     /// Reads `path` and applies the process environment's overrides.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+        let text = crate::files::read_text(path, MAX_CONFIG_BYTES).map_err(|e| Error::Config {
             source_name: path.display().to_string(),
             message: format!(
-                "cannot read the config file ({e}); pass --config PATH or set STATEHOST_CONFIG"
+                "cannot use it as the config file: {e}; pass --config PATH or set STATEHOST_CONFIG"
             ),
         })?;
         let base_dir = path
@@ -241,6 +244,8 @@ impl Config {
         };
         let mut config = resolve(raw, file, base_dir, &source_name)?;
         config.backend_env = backend_env;
+        // From here on, the database password is never printed.
+        crate::secrets::redact_url(&config.database_url);
         Ok(config)
     }
 
@@ -522,11 +527,19 @@ fn toml_error(source_name: &str, text: &str, err: &toml::de::Error) -> Error {
     let message = err.message().trim().replace('\n', " ");
     let source_name = match err.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            let column = start - text[..start].rfind('\n').map_or(0, |i| i + 1) + 1;
+            // The key, never the value: a line that fails to parse may hold
+            // a password.
             let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+            let key = line_text
+                .split_once('=')
+                .map(|(key, _)| format!(" (in the value of `{}`)", key.trim()))
+                .unwrap_or_else(|| format!(" (in `{}`)", crate::secrets::redact(line_text)));
             return Error::Config {
-                source_name: format!("{source_name}:{line}"),
-                message: format!("{message} (in `{line_text}`)"),
+                source_name: format!("{source_name}:{line}:{column}"),
+                message: format!("{message}{key}"),
             };
         }
         None => source_name.to_string(),

@@ -12,12 +12,8 @@ use crate::say;
 /// The options file: TOML (the `[backends.<name>]` table's contents), or
 /// JSON when it ends in `.json`.
 fn read_options(path: &Path) -> Result<Value, Failure> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Failure::Input(format!(
-            "--options {}: cannot read it ({e})",
-            path.display()
-        ))
-    })?;
+    let text = statehost::files::read_text(path, statehost::config::MAX_CONFIG_BYTES)
+        .map_err(|e| Failure::Input(format!("--options {}: {e}", path.display())))?;
     let bad = |e: String| Failure::Input(format!("--options {}: {e}", path.display()));
     if path.extension().is_some_and(|e| e == "json") {
         let value: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;

@@ -78,17 +78,18 @@ pub(super) fn guard(path: &Path, policy: &LoadPolicy) -> Result<std::fs::File> {
             ));
         }
     }
-    let mut file = std::fs::File::open(&canonical).map_err(|e| Error::PluginUnreadable {
-        path: path.to_path_buf(),
-        message: format!("cannot open it ({e})"),
+    // Checked to be a regular file before it is opened: opening a FIFO
+    // would hang.
+    let (mut file, meta) = crate::files::open_regular(&canonical).map_err(|message| {
+        if std::fs::metadata(&canonical).is_ok_and(|m| !m.is_file()) {
+            refused(path, message)
+        } else {
+            Error::PluginUnreadable {
+                path: path.to_path_buf(),
+                message,
+            }
+        }
     })?;
-    let meta = file.metadata().map_err(|e| Error::PluginUnreadable {
-        path: path.to_path_buf(),
-        message: format!("cannot read its metadata ({e})"),
-    })?;
-    if !meta.is_file() {
-        return Err(refused(path, "it is not a regular file".to_string()));
-    }
     check_permissions(&canonical, "library", &meta, policy)?;
     if let Some(dir) = canonical.parent()
         && let Ok(dir_meta) = std::fs::metadata(dir)
@@ -118,17 +119,4 @@ pub(super) fn guard(path: &Path, policy: &LoadPolicy) -> Result<std::fs::File> {
         }
     }
     Ok(file)
-}
-
-pub(super) fn sha256_of(file: &mut std::fs::File) -> std::io::Result<String> {
-    use sha2::Digest;
-    use std::io::{Seek, SeekFrom};
-    file.seek(SeekFrom::Start(0))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }

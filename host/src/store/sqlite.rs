@@ -189,6 +189,14 @@ impl SqliteStore {
         let conn = match &self.location {
             SqliteLocation::Memory => Connection::open_in_memory(),
             SqliteLocation::File(path) => {
+                // SQLite would open a FIFO or a device and block or fail
+                // obscurely: only a regular file, or nothing yet.
+                crate::files::regular_or_absent(path).map_err(|e| Error::Store {
+                    message: format!(
+                        "{}: {e}; point [database] url at a database file",
+                        path.display()
+                    ),
+                })?;
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| Error::Io {
                         path: dir.to_path_buf(),

@@ -2,12 +2,13 @@
 //! checked, then the root module of the plugin-api major version the
 //! library was built against (2.x, or 1.x served with fencing).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use abi_stable::library::{LibHeader, LibraryError, lib_header_from_path};
 use statehost_plugin_api::{Metadata, PLUGIN_API_VERSION};
 
-use super::guard::{guard, refused, sha256_of};
+use super::exact::{self, PinError, Places};
+use super::guard::{guard, refused};
 use super::{LoadPolicy, Module, PluginLibrary, current, v1};
 use crate::error::{Error, Result};
 
@@ -17,16 +18,16 @@ fn first_line(text: &str) -> String {
 
 /// Guards, loads and checks the library at `path`.
 pub(super) fn open(path: &Path, policy: &LoadPolicy) -> Result<PluginLibrary> {
-    use std::os::fd::AsRawFd;
-    let mut file = guard(path, policy)?;
-    let sha256 = match &policy.sha256 {
-        None => None,
-        Some(pin) => {
-            let actual = sha256_of(&mut file).map_err(|e| Error::PluginUnreadable {
-                path: path.to_path_buf(),
-                message: format!("cannot read it to hash it ({e})"),
-            })?;
-            if &actual != pin {
+    let file = guard(path, policy)?;
+    let places = Places::default();
+    // Load the file that was checked, through its open descriptor or a
+    // private copy, so that swapping the path after the checks changes
+    // nothing; a pinned library is never loaded any other way.
+    let (exact, sha256) = match &policy.sha256 {
+        None => (exact::unpinned(file, path, &places), None),
+        Some(pin) => match exact::pinned(file, pin, &places) {
+            Ok(exact) => (exact, Some(pin.clone())),
+            Err(PinError::Mismatch(actual)) => {
                 return Err(refused(
                     path,
                     format!(
@@ -34,25 +35,16 @@ pub(super) fn open(path: &Path, policy: &LoadPolicy) -> Result<PluginLibrary> {
                     ),
                 ));
             }
-            Some(actual)
-        }
+            Err(PinError::Unavailable(why)) => {
+                return Err(refused(
+                    path,
+                    format!("[workers] state_backend_sha256 pins it, but {why}"),
+                ));
+            }
+        },
     };
-    // Load the file that was checked, through its open descriptor, so that
-    // swapping the path after the checks changes nothing.
-    let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let load_path = if fd_path.exists() {
-        fd_path
-    } else {
-        path.to_path_buf()
-    };
-    let loaded = lib_header_from_path(&load_path);
-    if !matches!(loaded, Err(LibraryError::OpenError { .. })) {
-        // The dynamic linker now knows the library by the name
-        // /proc/self/fd/N and would hand it back for any later library that
-        // got the same descriptor number: keep the descriptor open for the
-        // life of the process (libraries are never unloaded anyway).
-        std::mem::forget(file);
-    }
+    let loaded = lib_header_from_path(exact.path());
+    exact.loaded(!matches!(loaded, Err(LibraryError::OpenError { .. })));
     let header = loaded.map_err(|e| match e {
         LibraryError::OpenError { err, .. } => Error::NotSharedLibrary {
             path: path.to_path_buf(),

@@ -41,12 +41,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List the plugin libraries in the plugin directory
-    #[command(after_help = "Example: statehost plugins --json")]
+    /// List the plugin libraries in the plugin directory (read from the files; none is loaded)
+    #[command(
+        after_help = "Example: statehost plugins --json\n\nEach library's metadata is read from its file (the section export_backend! writes),\nafter the same checks as a load; no library's code runs. Libraries without that\nsection (not plugins, or built with plugin-api older than 2.1) are listed as such;\n--load loads those to ask them, which runs their code."
+    )]
     Plugins {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// Load the libraries that have no metadata section to ask them (runs their code)
+        #[arg(long)]
+        load: bool,
     },
     /// Load the configured backend and store, and say what was loaded or why it cannot be
     #[command(after_help = "Example: statehost --config /etc/statehost.toml check")]

@@ -59,15 +59,29 @@ fn usage(e: clap::Error) -> ExitCode {
     }
 }
 
+/// `-v` turns up statehost's own logging (the host and the plugins'
+/// records); other libraries stay at warnings unless `RUST_LOG` says
+/// otherwise, since their debug output can quote requests and connection
+/// details. Every line passes through the secret filter.
 fn init_logging(verbose: u8) {
-    let default = match verbose {
+    let level = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
+    let default = format!("warn,statehost={level}");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_timestamp(None)
+        .format(|buf, record| {
+            let message = record.args().to_string();
+            writeln!(
+                buf,
+                "[{} {}] {}",
+                record.level(),
+                record.target(),
+                statehost::secrets::redact(&output::one_line(&message))
+            )
+        })
         .init();
 }
 
@@ -117,7 +131,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), Failure> {
             options,
             json,
         } => commands::conformance::run(&library, options.as_deref(), json, out),
-        Command::Plugins { json } => commands::plugins::list(&config()?, json, out),
+        Command::Plugins { json, load } => commands::plugins::list(&config()?, json, load, out),
         Command::Check { json } => commands::plugins::check(&config()?, &source, json, out),
         Command::TaskState { task, action } => commands::state::task(&config()?, task, action, out),
         Command::AssetState { asset, action } => {

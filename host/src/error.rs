@@ -72,6 +72,13 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A library without the metadata section `export_backend!` writes.
+    #[error("plugin {}: not a statehost plugin, or built with a plugin-api older than 2.1 (it has no metadata section); `statehost plugins --load` loads it to ask", path.display())]
+    NoMetadata {
+        /// The library path.
+        path: PathBuf,
+    },
+
     /// A plugin built against an incompatible plugin-api.
     #[error("plugin {}: built against statehost-plugin-api {built_with}, {problem}; this host expects statehost-plugin-api {expected}: rebuild the plugin against it", path.display())]
     IncompatiblePlugin {

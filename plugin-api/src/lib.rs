@@ -338,6 +338,7 @@ mod metadata;
 mod options;
 pub mod path_store;
 mod scope;
+mod section;
 mod write_id;
 
 #[cfg(feature = "conformance")]
@@ -348,7 +349,7 @@ use std::time::SystemTime;
 pub use context::HostContext;
 pub use error::{BackendError, ErrorKind, MAX_MESSAGE_BYTES};
 pub use metadata::{Capabilities, Metadata};
-pub use options::Options;
+pub use options::{Options, secret_by_name};
 pub use path_store::PathStore;
 pub use scope::{
     AssetIdentity, AssetScope, MAX_ASSET_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, Scope, ScopeRef,
@@ -534,6 +535,12 @@ pub trait BackendPlugin: StateBackend + Sized + 'static {
     const DESCRIPTION: &'static str;
     /// Optional operations it implements.
     const CAPABILITIES: Capabilities = Capabilities::NONE;
+    /// Options whose values are secrets (passwords, keys, tokens; a table
+    /// option marks every value in it). Their values never appear in the
+    /// errors [`Options::parse`] makes, and the host removes them from
+    /// everything it prints. The host also treats options whose names say
+    /// so (`password`, `secret`, `token`, ...) as secret.
+    const SECRET_OPTIONS: &'static [&'static str] = &[];
 
     /// Builds the backend from its options (the `[backends.<NAME>]` table).
     /// Reject unknown keys and bad values with [`BackendError::config`]
@@ -545,6 +552,10 @@ pub trait BackendPlugin: StateBackend + Sized + 'static {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::abi::*;
+    pub use crate::section::{
+        Fields, SECTION, as_str, capabilities_text, decode, encode, encoded_len, list_len,
+        list_text,
+    };
     pub use abi_stable::library::{
         __call_root_module_loader as call_root_module_loader, CheckTypeLayout, LibHeader,
         LibraryError, RootModule, RootModuleResult, lib_header_from_path,

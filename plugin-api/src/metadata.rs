@@ -72,6 +72,11 @@ pub struct Metadata {
     pub description: String,
     /// Names of optional operations it supports (`"list"`, `"sweep"`).
     pub capabilities: Vec<String>,
+    /// Options whose values are secrets (see
+    /// [`BackendPlugin::SECRET_OPTIONS`](crate::BackendPlugin::SECRET_OPTIONS)).
+    /// Since 2.1.
+    #[serde(default)]
+    pub secret_options: Vec<String>,
 }
 
 impl Metadata {

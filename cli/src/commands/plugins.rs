@@ -15,54 +15,84 @@ use crate::say;
 /// The legacy-plugin warning `check` gives.
 const LEGACY_WARNING: &str = "built against plugin-api 1.x (no write ids, no exact deletes): served with in-process fencing, so no lost write, no dangling reference and no resurrection hold within this process only; rebuild it against statehost-plugin-api 2";
 
-/// `statehost plugins [--json]`
-pub fn list(config: &Config, json: bool, out: &mut Out) -> Outcome {
-    let found = plugin::discover(&config.plugins_dir)?;
-    let rows: Vec<(String, PathBuf, Result<Metadata, Error>)> = found
+/// What the listing learned of one library.
+struct Listed {
+    name: String,
+    path: PathBuf,
+    metadata: Result<Metadata, Error>,
+    /// Its code was run (`--load`) to read the metadata.
+    loaded: bool,
+}
+
+/// Reads a library's metadata from its file; with `load`, a library that
+/// has none is loaded and asked.
+fn describe(name: String, path: PathBuf, policy: &plugin::LoadPolicy, load: bool) -> Listed {
+    let metadata = plugin::read_metadata(&path, policy);
+    if load && matches!(metadata, Err(Error::NoMetadata { .. })) {
+        let metadata = plugin::load_library(&path, policy).map(|lib| lib.metadata().clone());
+        return Listed {
+            name,
+            path,
+            metadata,
+            loaded: true,
+        };
+    }
+    Listed {
+        name,
+        path,
+        metadata,
+        loaded: false,
+    }
+}
+
+/// `statehost plugins [--json] [--load]`
+pub fn list(config: &Config, json: bool, load: bool, out: &mut Out) -> Outcome {
+    let policy = plugin::LoadPolicy {
+        allow_insecure_permissions: config.allow_insecure_plugin_permissions,
+        sha256: None,
+        confine_to: Some(config.plugins_dir.clone()),
+    };
+    let listed: Vec<Listed> = plugin::discover(&config.plugins_dir)?
         .into_iter()
-        .map(|(name, path)| {
-            let policy = plugin::LoadPolicy {
-                allow_insecure_permissions: config.allow_insecure_plugin_permissions,
-                sha256: None,
-                confine_to: Some(config.plugins_dir.clone()),
-            };
-            let loaded = plugin::load_library(&path, &policy).map(|lib| lib.metadata().clone());
-            (name, path, loaded)
-        })
+        .map(|(name, path)| describe(name, path, &policy, load))
         .collect();
     if json {
-        let listing = rows
+        let listing = listed
             .iter()
-            .map(|(name, path, loaded)| match loaded {
+            .map(|l| match &l.metadata {
                 Ok(m) => json!({
-                    "file": path, "name": m.name, "version": m.version,
+                    "file": l.path, "name": m.name, "version": m.version,
                     "plugin_api_version": m.plugin_api_version,
                     "description": m.description, "capabilities": m.capabilities,
+                    "loaded": l.loaded,
                 }),
-                Err(e) => json!({"file": path, "name": name, "error": e.to_string()}),
+                Err(e) => json!({
+                    "file": l.path, "name": l.name, "error": e.to_string(), "loaded": l.loaded,
+                }),
             })
             .collect();
         return Ok(out.json(&Value::Array(listing))?);
     }
     say!(out, "plugins in {}:", config.plugins_dir.display())?;
-    if rows.is_empty() {
+    if listed.is_empty() {
         say!(
             out,
             "  none (build them with `cargo build --release --workspace`, or set [core] plugins_dir)"
         )?;
     }
-    for (name, _, loaded) in &rows {
-        match loaded {
+    for l in &listed {
+        let loaded = if l.loaded { " (loaded to ask it)" } else { "" };
+        match &l.metadata {
             Ok(m) => say!(
                 out,
-                "  {:<14} {:<8} plugin-api {:<7} [{}] {}",
+                "  {:<14} {:<8} plugin-api {:<7} [{}] {}{loaded}",
                 m.name,
                 m.version,
                 m.plugin_api_version,
                 m.capabilities.join(","),
                 m.description
             )?,
-            Err(e) => say!(out, "  {name:<14} cannot load: {e}")?,
+            Err(e) => say!(out, "  {:<14} cannot list: {e}{loaded}", l.name)?,
         }
     }
     Ok(())

@@ -31,11 +31,14 @@ use crate::config::{BackendOptions, Config};
 use crate::error::{Error, Result};
 
 mod current;
+mod exact;
 mod guard;
+mod listing;
 mod load;
 mod logging;
 mod v1;
 
+pub use listing::read_metadata;
 use logging::PluginLogger;
 
 /// File names of plugins: `libstatehost_<name>.so`.
@@ -276,6 +279,8 @@ impl LoadedBackend {
         deadline: Option<Duration>,
     ) -> Result<LoadedBackend> {
         let name = library.metadata.name.clone();
+        // From here on, the backend's secrets are never printed.
+        crate::secrets::register_options(&options.table, &library.metadata.secret_options);
         let env_keys = options.env_keys.clone();
         let options = if options.table.is_null() {
             String::new()
@@ -572,11 +577,20 @@ pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
             let location = resolve(spec, &config.plugins_dir, &config.base_dir)?;
             let options = config.backend_options(&location.name);
             let pin = config.state_backend_sha256.as_deref().unwrap_or("none");
+            // The options by digest: their values may be secrets, and this
+            // text ends up in an error message.
+            let digest = {
+                use sha2::Digest;
+                let text = format!("{} {:?}", options.table, options.env_keys);
+                let hash = sha2::Sha256::digest(text.as_bytes());
+                hash[..6]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            };
             format!(
-                "{} with options {} (set by the environment: {:?}; sha256 pin: {pin})",
-                location.path.display(),
-                options.table,
-                options.env_keys
+                "{} with options #{digest} (sha256 pin: {pin})",
+                location.path.display()
             )
         }
     };

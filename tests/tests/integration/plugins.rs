@@ -135,11 +135,15 @@ fn plugins_lists_every_library_and_goes_on_past_broken_ones() {
     )
     .unwrap();
     sandbox.config("");
+    let mark = sandbox.path().join("mark");
+    let mark_env = [("STATEHOST_FIXTURE_MARK", mark.to_str().unwrap())];
 
-    let output = sandbox.run(&["plugins"], &[]);
+    let output = sandbox.run(&["plugins"], &mark_env);
     let (stdout, stderr) = text(&output);
     assert!(output.status.success(), "{stderr}");
-    let line = |name: &str| {
+    // Listing read the files: no library's code ran.
+    assert!(!mark.exists(), "listing loaded a library");
+    let line = |stdout: &str, name: &str| {
         stdout
             .lines()
             .find(|l| l.trim_start().starts_with(name))
@@ -148,26 +152,49 @@ fn plugins_lists_every_library_and_goes_on_past_broken_ones() {
     };
     let api = statehost_plugin_api::PLUGIN_API_VERSION;
     assert!(
-        line("memory").contains(&format!("plugin-api {api}")),
+        line(&stdout, "memory").contains(&format!("plugin-api {api}")),
         "{stdout}"
     );
-    assert!(line("fs").contains("[list,sweep]"), "{stdout}");
-    assert!(line("changed").contains("cannot load:"), "{stdout}");
+    assert!(line(&stdout, "fs").contains("[list,sweep]"), "{stdout}");
+    for name in ["changed", "notaplugin"] {
+        let l = line(&stdout, name);
+        assert!(
+            l.contains("not a statehost plugin, or built with a plugin-api older than 2.1"),
+            "{l}"
+        );
+        assert!(!l.contains("(loaded"), "{l}");
+    }
     assert!(
-        line("notaplugin").contains("not a statehost plugin"),
+        line(&stdout, "text").contains("not a shared library"),
         "{stdout}"
     );
-    assert!(line("text").contains("not a shared library"), "{stdout}");
 
-    let output = sandbox.run(&["plugins", "--json"], &[]);
+    let output = sandbox.run(&["plugins", "--json"], &mark_env);
     let listing: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(listing.len(), 5);
     let fs = listing.iter().find(|p| p["name"] == "fs").unwrap();
     assert_eq!(fs["plugin_api_version"], api);
     assert_eq!(fs["capabilities"], json!(["list", "sweep"]));
+    assert_eq!(fs["loaded"], false);
     assert!(fs["description"].as_str().unwrap().contains("file"));
-    let changed = listing.iter().find(|p| p["name"] == "changed").unwrap();
-    assert!(changed["error"].as_str().unwrap().contains("1.0.0"));
+    assert!(!mark.exists(), "listing loaded a library");
+
+    // --load asks the libraries without metadata, running their code, and
+    // says so.
+    let output = sandbox.run(&["plugins", "--load"], &mark_env);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(mark.exists(), "--load did not load the library");
+    let changed = line(&stdout, "changed");
+    assert!(
+        changed.contains("1.0.0") && changed.contains("(loaded to ask it)"),
+        "{changed}"
+    );
+    assert!(
+        line(&stdout, "notaplugin").contains("exports no statehost root module"),
+        "{stdout}"
+    );
+    assert!(!line(&stdout, "memory").contains("loaded"), "{stdout}");
 }
 
 #[test]

@@ -73,7 +73,11 @@ impl Failure {
             Failure::Output(e) => (code::OUTPUT, Some(format!("cannot write the output: {e}"))),
         };
         if let Some(message) = message {
-            err_line(format_args!("error: {}", one_line(&message)));
+            let message = one_line(&message);
+            err_line(format_args!(
+                "error: {}",
+                statehost::secrets::redact(&message)
+            ));
         }
         ExitCode::from(code)
     }

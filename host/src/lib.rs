@@ -87,7 +87,9 @@
 pub mod backend;
 pub mod config;
 mod error;
+pub mod files;
 pub mod plugin;
+pub mod secrets;
 pub mod state;
 pub mod store;
 

@@ -54,6 +54,28 @@ pub struct Options {
     /// Keys whose value is text from the environment, with the variable
     /// that set it.
     env: BTreeMap<String, String>,
+    /// Keys whose values are secret (the backend's
+    /// [`SECRET_OPTIONS`](crate::BackendPlugin::SECRET_OPTIONS)).
+    secret: Vec<String>,
+}
+
+/// Whether an option (or connection parameter) holds a secret by its name
+/// alone: `password`, `aws_secret_access_key`, `token`, `azure_storage_sas_key`,
+/// ... The host treats such options as secret whatever the plugin declares.
+pub fn secret_by_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    [
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "credential",
+        "private_key",
+        "account_key",
+        "sas",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
 }
 
 impl Options {
@@ -62,7 +84,26 @@ impl Options {
         Options {
             value,
             env: BTreeMap::new(),
+            secret: Vec::new(),
         }
+    }
+
+    /// Marks options as secret (keys, or dotted paths into tables, like
+    /// `options.account_key`): their values never appear in
+    /// [`parse`](Options::parse)'s errors. (Plugins get their
+    /// [`SECRET_OPTIONS`](crate::BackendPlugin::SECRET_OPTIONS) marked
+    /// before their constructor runs.)
+    pub fn with_secret(mut self, keys: &[&str]) -> Self {
+        self.secret.extend(keys.iter().map(|k| k.to_string()));
+        self
+    }
+
+    /// Whether the option at `path` (`key`, or `table.key` inside a table)
+    /// is secret, or inside one that is.
+    fn is_secret(&self, path: &str) -> bool {
+        let segments: Vec<&str> = path.split(['.', '[']).collect();
+        segments.iter().any(|s| secret_by_name(s))
+            || (1..=segments.len()).any(|n| self.secret.contains(&segments[..n].join(".")))
     }
 
     /// Options from JSON text (empty text means no options).
@@ -139,7 +180,12 @@ impl Options {
                 Some(var) => format!(" (set by {var})"),
                 None => String::new(),
             };
-            let message = crate::error::one_line(&e.into_inner().to_string());
+            let message = if self.is_secret(&path) {
+                // Serde quotes the value it could not take: not this one.
+                "not a valid value (not shown: the option is secret)".to_string()
+            } else {
+                crate::error::one_line(&e.into_inner().to_string())
+            };
             if path == "." {
                 BackendError::config(format!("[backends.{backend}]: {message}"))
             } else {
@@ -478,6 +524,28 @@ mod tests {
         assert_eq!(err.message(), "[backends.x]: missing field `root`");
         let err = Options::new(json!(5)).parse::<Config>("x").unwrap_err();
         assert!(err.message().contains("must be a table"), "{err}");
+    }
+
+    #[test]
+    fn secret_values_stay_out_of_errors() {
+        #[derive(Debug, Deserialize)]
+        struct Secretive {
+            #[allow(dead_code)]
+            pin: u32,
+            #[allow(dead_code)]
+            api_token: u32,
+        }
+        let options =
+            Options::new(json!({"pin": "s3cr3t-pin", "api_token": 1})).with_secret(&["pin"]);
+        let err = options.parse::<Secretive>("x").unwrap_err();
+        assert_eq!(
+            err.message(),
+            "[backends.x] pin: not a valid value (not shown: the option is secret)"
+        );
+        let options = Options::new(json!({"pin": 1})).with_env("api_token", "V", "s3cr3t-tok");
+        let err = options.parse::<Secretive>("x").unwrap_err();
+        assert!(!err.message().contains("s3cr3t"), "{err}");
+        assert!(err.message().contains("api_token (set by V)"), "{err}");
     }
 
     #[test]

@@ -374,6 +374,18 @@ impl BackendPlugin for ObjectStoreBackend {
     const NAME: &'static str = "object_store";
     const DESCRIPTION: &'static str = "each value an object in S3, GCS, Azure Blob, local files or memory, chosen by URL; optional zstd and AES-256-GCM";
     const CAPABILITIES: Capabilities = Capabilities::LIST;
+    // The builder's credential keys; the host also hides any option whose
+    // name says it is a secret.
+    const SECRET_OPTIONS: &'static [&'static str] = &[
+        "options.aws_secret_access_key",
+        "options.aws_session_token",
+        "options.azure_storage_account_key",
+        "options.azure_storage_access_key",
+        "options.azure_client_secret",
+        "options.azure_storage_sas_key",
+        "options.azure_storage_token",
+        "options.google_service_account_key",
+    ];
 
     fn new(options: &Options, host: &HostContext) -> Result<Self, BackendError> {
         let options: StoreOptions = options.parse(Self::NAME)?;

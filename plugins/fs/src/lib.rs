@@ -18,20 +18,31 @@
 //! ones hashed), so no key or scope reaches outside the root, and named by
 //! the write id, so a write never replaces another. The relative path is
 //! also the reference. Writes go to a temporary file in the same directory
-//! (named `.tmp-*`, which no value's name can be), are flushed, and are
-//! renamed into place, so a reader or a crash sees the value or nothing,
-//! never a part.
+//! (named `.tmp-` and 16 hex digits, which no value's name can be), are
+//! flushed, and are renamed into place, so a reader or a crash sees the
+//! value or nothing, never a part.
+//!
+//! The root is a boundary: below it every directory is opened relative to
+//! its parent without following links (see `tree.rs`), so a link planted in
+//! a shared root leads nowhere: reads, writes, deletes and gc never touch a
+//! file outside it. The root may not be empty, `/`, or the directory that
+//! holds the configuration (or one above it), and gc's sweep removes only
+//! this backend's own temporary files, in the layout's directories.
 
-use std::fs;
-use std::io::{self, Write};
+mod tree;
+
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use statehost_plugin_api::{
     BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, PathStore,
-    export_backend,
+    export_backend, layout,
 };
+
+pub use tree::TEMP_PREFIX;
+use tree::Tree;
 
 /// Options of `[backends.fs]`.
 #[derive(Debug, Deserialize)]
@@ -48,199 +59,97 @@ fn yes() -> bool {
     true
 }
 
-/// Prefix of temporary files; the layout never produces a name starting
-/// with `.`.
-pub const TEMP_PREFIX: &str = ".tmp-";
+/// The first directories of the layout: this version's, and 1.x's (whose
+/// objects may still be there). Pruning never removes them, and the
+/// leftover sweep looks nowhere else.
+const LAYOUT_TOPS: [&str; 3] = [layout::LAYOUT_PREFIX, "task", "asset"];
+
+/// How many leading components of a layout path pruning keeps
+/// (`v2/task`, `v2/asset/name`, `task`, ...): the layout's fixed top.
+fn kept_components(relative: &str) -> usize {
+    match relative.split('/').next() {
+        Some(top) if top == layout::LAYOUT_PREFIX => {
+            if relative.starts_with("v2/asset/") {
+                3
+            } else {
+                2
+            }
+        }
+        _ => 1,
+    }
+}
 
 /// Values as files under a root directory.
 #[derive(Debug)]
 pub struct FsBackend {
-    root: PathBuf,
+    tree: Tree,
     inline_threshold_bytes: usize,
-    fsync: bool,
 }
 
-/// How often a write or clear is retried when a concurrent clear or delete
-/// removes a directory under it.
-const RACE_RETRIES: usize = 5;
+fn config(message: String) -> BackendError {
+    BackendError::new(ErrorKind::Config, format!("[backends.fs] root {message}"))
+}
 
 impl FsBackend {
     /// A backend rooted at `root` (created if missing) that stores every
-    /// value and flushes each write.
+    /// value and flushes each write. An empty path and `/` are refused.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, BackendError> {
-        let root = root.into();
-        fs::create_dir_all(&root).map_err(|e| {
-            BackendError::new(
-                ErrorKind::Config,
-                format!(
-                    "[backends.fs] root {}: cannot create it ({e}); point root at a writable directory",
-                    root.display()
-                ),
-            )
+        FsBackend::open_with(root.into(), true, None)
+    }
+
+    /// Opens the root after checking it is a directory the backend may own:
+    /// not empty, not `/`, not the directory holding the configuration or
+    /// one above it (gc would sweep and prune among the operator's files).
+    fn open_with(
+        root: PathBuf,
+        fsync: bool,
+        config_dir: Option<&Path>,
+    ) -> Result<Self, BackendError> {
+        if root.as_os_str().is_empty() {
+            return Err(config(
+                "is empty; give a directory of its own for the values, like \"state\"".to_string(),
+            ));
+        }
+        let tree = Tree::open(&root, fsync).map_err(|e| {
+            config(format!(
+                "{}: cannot create or open it ({e}); point root at a writable directory",
+                root.display()
+            ))
         })?;
+        let canonical = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
+        if canonical.parent().is_none() {
+            return Err(config(format!(
+                "{} is the file system's root; give a directory of its own for the values",
+                root.display()
+            )));
+        }
+        if let Some(dir) = config_dir
+            && let Ok(dir) = std::fs::canonicalize(dir)
+            && dir.starts_with(&canonical)
+        {
+            return Err(config(format!(
+                "{} holds the configuration directory {}; give the values a directory of their own, like \"state\"",
+                root.display(),
+                dir.display()
+            )));
+        }
         Ok(FsBackend {
-            root,
+            tree,
             inline_threshold_bytes: 0,
-            fsync: true,
         })
     }
 
     /// The root directory.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.tree.root()
     }
 
-    fn write_once(&self, dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let create = || {
-            tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .tempfile_in(dir)
-        };
-        // The directory usually exists: create it only when it does not,
-        // rather than paying for a mkdir and a stat on every write.
-        let mut temp = match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.create_dirs(dir)?;
-                create()?
-            }
-            other => other?,
-        };
-        temp.write_all(bytes)?;
-        if self.fsync {
-            temp.as_file().sync_all()?;
+    fn error(&self, doing: &str, relative: &str, e: io::Error) -> BackendError {
+        let path = self.root().join(relative);
+        if e.kind() == io::ErrorKind::InvalidInput {
+            return BackendError::invalid_input(format!("{doing} {}: {e}", path.display()));
         }
-        // The name is the write id's: nothing is ever there to replace.
-        temp.persist(path).map_err(|e| e.error)?;
-        if self.fsync {
-            // Make the rename itself durable.
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    }
-
-    /// Creates `dir` and the directories above it that are missing; with
-    /// `fsync`, each new directory's entry is flushed into its parent, so a
-    /// file acknowledged in it survives a power loss.
-    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
-        let mut missing = Vec::new();
-        let mut at = dir;
-        while !at.exists() && at != self.root {
-            missing.push(at);
-            match at.parent() {
-                Some(parent) => at = parent,
-                None => break,
-            }
-        }
-        for dir in missing.into_iter().rev() {
-            match fs::create_dir(dir) {
-                Ok(()) => {
-                    if self.fsync
-                        && let Some(parent) = dir.parent()
-                    {
-                        fs::File::open(parent)?.sync_all()?;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes empty directories from `dir` up to (not including) the
-    /// layout's top-level directories (`v2/task`, `v2/asset/name`, ...).
-    /// Best effort: a directory that is not empty, or that another thread
-    /// removed, ends the walk.
-    fn prune(&self, mut dir: &Path) {
-        while let Ok(relative) = dir.strip_prefix(&self.root) {
-            if relative.components().count() <= 2 || fs::remove_dir(dir).is_err() {
-                break;
-            }
-            match dir.parent() {
-                Some(parent) => dir = parent,
-                None => break,
-            }
-        }
-    }
-
-    fn remove_tree(&self, relative: &str) -> Result<(), BackendError> {
-        let dir = self.root.join(relative);
-        let mut attempt = 0;
-        loop {
-            match fs::remove_dir_all(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                // A concurrent write added a file while the tree was being
-                // removed: go again.
-                Err(e)
-                    if e.kind() == io::ErrorKind::DirectoryNotEmpty && attempt < RACE_RETRIES =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(BackendError::from_io(
-                        format_args!("removing {}", dir.display()),
-                        e,
-                    ));
-                }
-            }
-        }
-        if let Some(parent) = dir.parent() {
-            self.prune(parent);
-        }
-        Ok(())
-    }
-
-    /// Removes temporary files (of writes a crash interrupted) last modified
-    /// before `older_than`, under `dir`.
-    fn sweep_dir(&self, dir: &Path, older_than: SystemTime, removed: &mut usize) -> io::Result<()> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let file_type = entry.file_type()?;
-            if file_type.is_dir() {
-                self.sweep_dir(&entry.path(), older_than, removed)?;
-            } else if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
-                && entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|modified| modified < older_than)
-            {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => *removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every regular file under `dir`, by its path relative to the root.
-    fn walk(&self, dir: &Path, out: &mut Vec<(String, Option<SystemTime>)>) -> io::Result<()> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let file_type = entry.file_type()?;
-            let path = entry.path();
-            if file_type.is_dir() {
-                self.walk(&path, out)?;
-            } else if file_type.is_file()
-                && let Some(relative) = path.strip_prefix(&self.root).ok().and_then(|p| p.to_str())
-            {
-                let modified = entry.metadata().and_then(|m| m.modified()).ok();
-                out.push((relative.to_string(), modified));
-            }
-        }
-        Ok(())
+        BackendError::from_io(format_args!("{doing} {}", path.display()), e)
     }
 }
 
@@ -250,77 +159,43 @@ impl PathStore for FsBackend {
     }
 
     fn put(&self, relative: &str, value: &str) -> Result<(), BackendError> {
-        let path = self.root.join(relative);
-        let dir = path.parent().expect("layout paths have a parent");
-        let mut attempt = 0;
-        loop {
-            match self.write_once(dir, &path, value.as_bytes()) {
-                Ok(()) => return Ok(()),
-                // A concurrent clear or delete removed the directory between
-                // creating it and renaming into it: do it again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < RACE_RETRIES => {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(BackendError::from_io(
-                        format_args!("writing {}", path.display()),
-                        e,
-                    ));
-                }
-            }
-        }
+        self.tree
+            .write_new(relative, value.as_bytes())
+            .map_err(|e| self.error("writing", relative, e))
     }
 
     fn get(&self, relative: &str) -> Result<String, BackendError> {
-        let path = self.root.join(relative);
-        fs::read_to_string(&path)
-            .map_err(|e| BackendError::from_io(format_args!("reading {}", path.display()), e))
+        self.tree
+            .read(relative)
+            .map_err(|e| self.error("reading", relative, e))
     }
 
     fn remove(&self, relative: &str) -> Result<bool, BackendError> {
-        let path = self.root.join(relative);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    // A delete that survives a power loss: no deleted value
-                    // comes back.
-                    if self.fsync {
-                        fs::File::open(dir)
-                            .and_then(|d| d.sync_all())
-                            .map_err(|e| {
-                                BackendError::from_io(format_args!("flushing {}", dir.display()), e)
-                            })?;
-                    }
-                    self.prune(dir);
-                }
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(BackendError::from_io(
-                format_args!("deleting {}", path.display()),
-                e,
-            )),
-        }
+        self.tree
+            .remove(relative, kept_components(relative))
+            .map_err(|e| self.error("deleting", relative, e))
     }
 
     fn remove_under(&self, prefix: &str) -> Result<(), BackendError> {
-        self.remove_tree(prefix)
+        self.tree
+            .remove_tree(prefix, kept_components(prefix))
+            .map_err(|e| self.error("removing", prefix, e))
     }
 
     fn list_under(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>, BackendError> {
-        let dir = self.root.join(prefix);
-        let mut out = Vec::new();
-        self.walk(&dir, &mut out)
-            .map_err(|e| BackendError::from_io(format_args!("listing {}", dir.display()), e))?;
-        Ok(out)
+        self.tree
+            .files_under(prefix)
+            .map_err(|e| self.error("listing", prefix, e))
     }
 
     fn sweep_leftovers(&self, older_than: SystemTime) -> Result<usize, BackendError> {
         let mut removed = 0;
-        self.sweep_dir(&self.root, older_than, &mut removed)
-            .map_err(|e| {
-                BackendError::from_io(format_args!("sweeping {}", self.root.display()), e)
-            })?;
+        for top in LAYOUT_TOPS {
+            removed += self
+                .tree
+                .sweep(top, older_than)
+                .map_err(|e| self.error("sweeping", top, e))?;
+        }
         Ok(removed)
     }
 }
@@ -333,9 +208,14 @@ impl BackendPlugin for FsBackend {
 
     fn new(options: &Options, host: &HostContext) -> Result<Self, BackendError> {
         let options: FsOptions = options.parse(Self::NAME)?;
-        let mut backend = FsBackend::open(host.resolve_path(&options.root))?;
+        // An empty root would resolve to the configuration's directory.
+        let root = if options.root.as_os_str().is_empty() {
+            options.root
+        } else {
+            host.resolve_path(&options.root)
+        };
+        let mut backend = FsBackend::open_with(root, options.fsync, host.config_dir())?;
         backend.inline_threshold_bytes = options.inline_threshold_bytes;
-        backend.fsync = options.fsync;
         Ok(backend)
     }
 }
@@ -344,6 +224,9 @@ export_backend!(FsBackend);
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::path::PathBuf;
+
     use super::*;
     use serde_json::json;
     use statehost_plugin_api::{
@@ -425,12 +308,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = backend(
             dir.path(),
-            json!({"root": dir.path(), "inline_threshold_bytes": 10}),
+            json!({"root": dir.path().join("s"), "inline_threshold_bytes": 10}),
         )
         .unwrap();
         let scope = TaskScope::new("d", "r", "t", -1).unwrap();
         assert_eq!(write(&fs, &scope, "k", "\"short\""), Serialized::Inline);
-        assert!(!dir.path().join("v2").exists());
+        assert!(!dir.path().join("s/v2").exists());
         assert!(matches!(
             write(&fs, &scope, "k", "\"long enough\""),
             Serialized::Reference(_)
@@ -457,16 +340,27 @@ mod tests {
         let Serialized::Reference(kept) = write(&fs, &scope, "kept", "1") else {
             panic!("stored inline")
         };
-        let leftover = dir.path().join("s/v2/task/d/r/t/0/kept/.tmp-crashed");
+        let key_dir = dir.path().join("s/v2/task/d/r/t/0/kept");
+        let leftover = key_dir.join(".tmp-00112233aabbccdd");
+        let old_style = key_dir.join(".tmp-a1B2c3");
         fs::write(&leftover, "half a val").unwrap();
+        fs::write(&old_style, "half a val").unwrap();
+        // Not the backend's names, or not in the layout's directories: kept.
+        let lookalike = key_dir.join(".tmp-notmine-at-all");
+        let in_root = dir.path().join("s/.tmp-00112233aabbccdd");
+        let beside = dir.path().join(".tmp-00112233aabbccdd");
+        for other in [&lookalike, &in_root, &beside] {
+            fs::write(other, "someone else's").unwrap();
+        }
         let past = SystemTime::now() - std::time::Duration::from_secs(60);
         assert_eq!(fs.sweep(past).unwrap(), 0, "too young to sweep");
         assert_eq!(
             fs.sweep(SystemTime::now() + std::time::Duration::from_secs(1))
                 .unwrap(),
-            1
+            2
         );
-        assert!(!leftover.exists());
+        assert!(!leftover.exists() && !old_style.exists());
+        assert!(lookalike.exists() && in_root.exists() && beside.exists());
         assert!(dir.path().join("s").join(kept).exists());
     }
 
@@ -488,6 +382,109 @@ mod tests {
         write(&fs, &scope, "a", "1");
         fs.clear(ScopeRef::Task(scope.as_ref()), true).unwrap();
         assert_eq!(fs::read_dir(&top).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn roots_that_are_not_the_backends_own_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_dir = dir.path().join("etc");
+        fs::create_dir(&config_dir).unwrap();
+        let cases = [
+            (json!({"root": ""}), "is empty"),
+            (json!({"root": "/"}), "the file system's root"),
+            (json!({"root": "."}), "holds the configuration directory"),
+            (json!({"root": ".."}), "holds the configuration directory"),
+            (
+                json!({"root": config_dir}),
+                "holds the configuration directory",
+            ),
+        ];
+        for (options, why) in cases {
+            let err = backend(&config_dir, options.clone()).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config, "{options}");
+            assert!(err.message().starts_with("[backends.fs] root"), "{err}");
+            assert!(err.message().contains(why), "{options}: {err}");
+        }
+        assert!(backend(&config_dir, json!({"root": "state"})).is_ok());
+        assert!(backend(&config_dir, json!({"root": dir.path().join("elsewhere")})).is_ok());
+    }
+
+    #[test]
+    fn links_below_the_root_are_never_followed() {
+        links_are_never_followed(false);
+    }
+
+    #[test]
+    fn links_are_never_followed_without_openat2_either() {
+        links_are_never_followed(true);
+    }
+
+    #[test]
+    fn the_component_walk_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fs = backend(dir.path(), json!({"root": "state", "fsync": false})).unwrap();
+        fs.tree.walk_only();
+        conformance::run(&fs);
+    }
+
+    fn links_are_never_followed(walk_only: bool) {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(outside.join("k")).unwrap();
+        let victim = outside.join("k/0190a0b0-0000-7000-8000-000000000001");
+        fs::write(&victim, "\"outside\"").unwrap();
+        fs::write(outside.join(".tmp-00112233aabbccdd"), "old").unwrap();
+        let mut fs = backend(dir.path(), json!({"root": "s", "fsync": false})).unwrap();
+        if walk_only {
+            fs.tree.walk_only();
+        }
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        write(&fs, &scope, "other", "1");
+        // A planted link where the task's directory goes.
+        let task_dir = dir.path().join("s/v2/task/d/r/t/-1");
+        symlink(&outside, task_dir.join("k")).unwrap();
+        let at = StateKey::task(&scope, "k");
+        let reference = "v2/task/d/r/t/-1/k/0190a0b0-0000-7000-8000-000000000001";
+        let err = fs.deserialize(reference, Some(at)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.message().contains("never follows links"), "{err}");
+        assert!(fs.delete_object(reference, Some(at)).is_err());
+        // Writing through it is refused too.
+        assert!(fs.serialize(at, conformance::write_id(), "1").is_err());
+        // gc's listing and sweep do not enter it; delete and clear remove
+        // the link itself.
+        let listed = fs.list(None).unwrap();
+        assert!(
+            listed.iter().all(|o| !o.reference.contains("/k/")),
+            "{listed:?}"
+        );
+        let far_future = SystemTime::now() + std::time::Duration::from_secs(3600);
+        assert_eq!(fs.sweep(far_future).unwrap(), 0);
+        fs.delete(at).unwrap();
+        assert!(!task_dir.join("k").exists());
+        fs.clear(ScopeRef::Task(scope.as_ref()), true).unwrap();
+        // Nothing outside was read, changed or removed.
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "\"outside\"");
+        assert!(outside.join(".tmp-00112233aabbccdd").exists());
+
+        // A link as a file, and a FIFO as a file: errors, never followed or
+        // waited on.
+        let Serialized::Reference(r) = write(&fs, &scope, "f", "1") else {
+            panic!("stored inline")
+        };
+        let file = dir.path().join("s").join(&r);
+        fs::remove_file(&file).unwrap();
+        symlink(&victim, &file).unwrap();
+        let owner = Some(StateKey::task(&scope, "f"));
+        assert!(fs.deserialize(&r, owner).is_err());
+        fs::remove_file(&file).unwrap();
+        let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = fs.deserialize(&r, owner).unwrap_err();
+        assert!(err.message().contains("not a regular file"), "{err}");
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "\"outside\"");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
+#[cfg(feature = "postgres")]
+pub mod tls;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]

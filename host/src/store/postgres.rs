@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 use statehost_plugin_api::{AssetIdentity, AssetScope, TaskScope};
 
 use super::{
@@ -178,6 +178,8 @@ impl Conn {
 /// The PostgreSQL store: a small pool of connections.
 pub struct PostgresStore {
     config: postgres::Config,
+    /// TLS as the URL's `sslmode` and certificate parameters ask.
+    tls: super::tls::Tls,
     /// The URL without its password, for messages.
     display: String,
     statement_timeout: Duration,
@@ -217,19 +219,16 @@ fn describe(display: &str, e: &postgres::Error) -> String {
             "cannot reach {display} ({cause}); is the server running and the host and port right?"
         )
     } else {
-        format!("{display}: {}", e.to_string().replace('\n', " "))
+        // The cause matters most here: "error performing TLS handshake"
+        // says nothing without "invalid peer certificate: UnknownIssuer".
+        format!("{display}: {}", super::tls::error_line(e))
     }
 }
 
-/// The URL with any password replaced, for messages.
+/// The URL with any password replaced, for messages (and the password
+/// registered as a secret).
 pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
+    crate::secrets::redact_url(url)
 }
 
 fn task_row(r: &postgres::Row) -> Result<Row> {
@@ -300,16 +299,19 @@ impl PostgresStore {
     /// lock). Statements that wait longer than `statement_timeout` (for a
     /// lock, say) fail without applying anything.
     pub fn open(url: &str, statement_timeout: Duration) -> Result<PostgresStore> {
-        let mut config: postgres::Config = url.parse().map_err(|e| Error::Config {
-            source_name: "[database] url".to_string(),
-            message: format!("not a PostgreSQL URL ({e})"),
-        })?;
+        let display = redact(url);
+        let super::tls::PgConnect { mut config, tls } =
+            super::tls::parse(url).map_err(|e| Error::Config {
+                source_name: "[database] url".to_string(),
+                message: crate::secrets::redact(&e).into_owned(),
+            })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
         let store = PostgresStore {
             config,
-            display: redact(url),
+            tls,
+            display,
             statement_timeout,
             pool: Mutex::new(Vec::new()),
         };
@@ -326,9 +328,12 @@ impl PostgresStore {
     }
 
     fn connect(&self) -> Result<Conn> {
-        let mut client = self.config.connect(NoTls).map_err(|e| Error::Store {
-            message: describe(&self.display, &e),
-        })?;
+        let mut client = self
+            .config
+            .connect(self.tls.clone())
+            .map_err(|e| Error::Store {
+                message: describe(&self.display, &e),
+            })?;
         // A statement stalled on a lock, or a transaction left idle by a
         // paused client, is cut off rather than committing a fenced write
         // late.
@@ -786,7 +791,7 @@ impl MetadataStore for PostgresStore {
                     now!(),
                     " LIMIT $1"
                 ),
-                &[&(limit as i64)],
+                &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )
         })?;
         rows.iter().map(task_row).collect()
@@ -842,7 +847,7 @@ impl MetadataStore for PostgresStore {
                     now!(),
                     " RETURNING dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at"
                 ),
-                &[&(limit as i64)],
+                &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )?;
             rows.iter().map(|r| task_row(r).map_err(Failure::Refused)).collect()
         })

@@ -289,6 +289,8 @@ fn gc_deletes_only_rows_still_expired(store: &dyn MetadataStore) {
         expired.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["old"]
     );
+    // "No limit", as a dry run asks (once a negative LIMIT on PostgreSQL).
+    assert_eq!(store.expired_task_rows(usize::MAX).unwrap().len(), 1);
     // Rewritten with a new expiry after gc read it: not deleted.
     store
         .put_task(

@@ -18,4 +18,6 @@ mod history;
 mod legacy;
 mod object_store;
 mod plugins;
+mod postgres_tls;
+mod secrets;
 mod state;

@@ -192,7 +192,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         let base_dir = std::path::absolute(&base_dir).unwrap_or(base_dir);
-        Config::parse(&text, Some(path), base_dir, std::env::vars())
+        Config::parse(&text, Some(path), base_dir, overrides_from_env()?)
     }
 
     /// The configuration of a process without a config file: defaults plus
@@ -200,7 +200,7 @@ impl Config {
     /// directory.
     pub fn from_env() -> Result<Config> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        Config::parse("", None, cwd, std::env::vars())
+        Config::parse("", None, cwd, overrides_from_env()?)
     }
 
     /// Parses TOML text, applies the given `(name, value)` environment
@@ -373,6 +373,14 @@ fn resolve(
         })?,
         (None, None) => defaults.orphan_grace,
     };
+    if let Some(days) = store.default_retention_days
+        && u64::from(days) > crate::state::MAX_RETENTION_DAYS
+    {
+        return Err(bad(format!(
+            "[state_store] default_retention_days = {days} is longer than the {} days (1000 years) a value can be kept for a time; use 0 to keep values forever",
+            crate::state::MAX_RETENTION_DAYS
+        )));
+    }
     if orphan_grace < Duration::from_secs(1) {
         return Err(bad(format!(
             "[state_store] orphan_grace = {} is too short: a write's row must land within half of it; give at least 1s",
@@ -417,6 +425,33 @@ fn resolve(
     })
 }
 
+/// The process's `STATEHOST__*` variables. Other variables are not read at
+/// all (one that is not UTF-8 is none of statehost's business); one of ours
+/// that is not UTF-8 is an error naming it.
+fn overrides_from_env() -> Result<Vec<(String, String)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut found = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        if !name.as_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => found.push((name, value)),
+            (name, _) => {
+                let name = match name {
+                    Ok(name) => name,
+                    Err(raw) => raw.to_string_lossy().escape_default().to_string(),
+                };
+                return Err(Error::Config {
+                    source_name: name,
+                    message: "is not UTF-8 text; set it to a UTF-8 value or unset it".to_string(),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Parses a duration: whole seconds, or text with units (`"1h 30m"`).
 fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -451,6 +486,16 @@ fn apply_override(
     let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
     match parts.as_slice() {
         [backends, backend, key] if backends == "backends" => {
+            if backend.is_empty() || key.is_empty() {
+                return Err(bad(format!(
+                    "the {} is empty; write STATEHOST__BACKENDS__<NAME>__<KEY>",
+                    if backend.is_empty() {
+                        "backend name"
+                    } else {
+                        "option key"
+                    }
+                )));
+            }
             // Backend options are the plugin's to type: it parses the text
             // into the type its options declare (plugin-api 2.1 and later).
             let parsed = toml::Value::String(value.to_string());

@@ -107,7 +107,7 @@ fn hammer(
                                 .set_with_retention(
                                     &format!("{worker}-t{t}-{n}"),
                                     &make_value("expiring", 32),
-                                    statehost::Retention::For(std::time::Duration::ZERO),
+                                    statehost::Retention::For(std::time::Duration::from_millis(1)),
                                 )
                                 .map_err(|e| format!("expiring set: {e}"))?;
                         }

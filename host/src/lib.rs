@@ -70,7 +70,7 @@
 //! assert_eq!(orders.get("watermark")?, Some(json!({"offset": 1024})));
 //!
 //! // The row holds a reference to the backend's object, not the value.
-//! let row = host.rows()?.pop().expect("one row");
+//! let row = host.rows()?.rows.pop().expect("one row");
 //! assert!(matches!(envelope::unwrap(&row.value)?, envelope::Stored::Reference(_)));
 //! # Ok(())
 //! # }

@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use statehost::backend::{Backend, Listed, Text};
-use statehost::store::{MetadataStore, Put, Row};
+use statehost::store::{MetadataStore, Put, Row, Rows};
 use statehost::{Error, StateHost};
 use statehost_plugin_api::{
     AssetScope, BackendError, Capabilities, ScopeRef, Serialized, StateKey, TaskScope, WriteId,
@@ -845,16 +845,16 @@ impl MetadataStore for FaultyStore {
     fn clear_asset(&self, asset: &AssetScope) -> statehost::Result<Vec<Row>> {
         self.write("an asset clear", || self.inner.clear_asset(asset))
     }
-    fn rows(&self) -> statehost::Result<Vec<Row>> {
+    fn rows(&self) -> statehost::Result<Rows> {
         self.inner.rows()
     }
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> statehost::Result<()> {
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> statehost::Result<usize> {
         self.inner.for_each_stored(visit)
     }
-    fn expired_task_rows(&self, limit: usize) -> statehost::Result<Vec<Row>> {
+    fn expired_task_rows(&self, limit: usize) -> statehost::Result<Rows> {
         self.inner.expired_task_rows(limit)
     }
-    fn delete_expired_task_rows(&self, limit: usize) -> statehost::Result<Vec<Row>> {
+    fn delete_expired_task_rows(&self, limit: usize) -> statehost::Result<Rows> {
         self.inner.delete_expired_task_rows(limit)
     }
     fn delete_task_if_expired(

@@ -161,7 +161,7 @@ pub fn run(config: &Config, dir: Option<&Path>, configured: bool, out: &mut Out)
         out,
         "3. what the metadata store holds, and where the values really live:"
     )?;
-    for row in host.rows()? {
+    for row in host.rows()?.rows {
         if !matches!(&row.owner, RowOwner::Task(t) if *t == scope) {
             continue;
         }

@@ -108,7 +108,7 @@ pub fn check(config: &Config, source: &ConfigSource, json: bool, out: &mut Out) 
     }
     // Checking never creates the database: one that is not there yet is
     // reported as such (the first write creates it).
-    let store = match statehost::state::open_existing_store(config) {
+    let store = match statehost::state::open_read_only_store(config) {
         Ok(store) => {
             if let Some(warning) = store.durability_warning()? {
                 warnings.push(warning);

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use statehost::config::Config;
 use statehost::store::{Row, RowOwner};
 
-use crate::output::{Out, Outcome, rfc3339_ms};
+use crate::output::{Out, Outcome, err_line, rfc3339_ms};
 use crate::say;
 
 /// A row's stored text as JSON: the inline value or the envelope. A row
@@ -32,28 +32,40 @@ fn row_json(row: &Row) -> Value {
 
 /// `statehost rows [--json]`
 pub fn run(config: &Config, json: bool, out: &mut Out) -> Outcome {
-    let store = statehost::state::open_existing_store(config)?;
-    let rows = store.rows()?;
+    let store = statehost::state::open_read_only_store(config)?;
+    let statehost::store::Rows { rows, unreadable } = store.rows()?;
+    // A row that cannot be read is skipped and named: one damaged row does
+    // not hide everyone else's.
+    for bad in &unreadable {
+        err_line(format_args!("warning: skipped {bad}"));
+    }
     if json {
-        return Ok(out.json(&Value::Array(rows.iter().map(row_json).collect()))?);
+        out.json(&Value::Array(rows.iter().map(row_json).collect()))?;
+    } else {
+        if rows.is_empty() && unreadable.is_empty() {
+            say!(out, "no rows in {}", store.describe())?;
+        }
+        for row in &rows {
+            let scope = match &row.owner {
+                RowOwner::Task(t) => t.to_string(),
+                RowOwner::Asset(a) => a.to_string(),
+            };
+            say!(
+                out,
+                "{scope}  key={:?}  value={}  updated_at={}  expires_at={}",
+                row.key,
+                row.value,
+                rfc3339_ms(row.updated_at),
+                row.expires_at
+                    .map_or_else(|| "never".to_string(), rfc3339_ms)
+            )?;
+        }
     }
-    if rows.is_empty() {
-        say!(out, "no rows in {}", store.describe())?;
-    }
-    for row in &rows {
-        let scope = match &row.owner {
-            RowOwner::Task(t) => t.to_string(),
-            RowOwner::Asset(a) => a.to_string(),
-        };
-        say!(
-            out,
-            "{scope}  key={:?}  value={}  updated_at={}  expires_at={}",
-            row.key,
-            row.value,
-            rfc3339_ms(row.updated_at),
-            row.expires_at
-                .map_or_else(|| "never".to_string(), rfc3339_ms)
-        )?;
+    if !unreadable.is_empty() {
+        err_line(format_args!(
+            "warning: {} rows could not be read and were skipped; fix or delete them in the database",
+            unreadable.len()
+        ));
     }
     Ok(())
 }

@@ -37,6 +37,13 @@ pub struct GcReport {
     /// Leftovers of interrupted writes removed (temporary files); `None` in
     /// a dry run or when the backend cannot sweep.
     pub swept: Option<usize>,
+    /// Rows that could not be read (damaged, or written by something
+    /// else), each named in a warning. An expired one is removed, but
+    /// nothing it may point at is deleted because of it; while any row's
+    /// stored text cannot be read, no orphan is collected.
+    pub unreadable_rows: usize,
+    /// Why orphans were not collected although the backend can list.
+    pub orphans_skipped: Option<String>,
 }
 
 pub(super) fn run(
@@ -51,25 +58,35 @@ pub(super) fn run(
     };
     if dry_run {
         let expired = inner.store.expired_task_rows(usize::MAX)?;
-        report.expired_rows = expired.len();
+        warn_unreadable(&expired.unreadable, "would remove it (it is expired)");
+        report.unreadable_rows += expired.unreadable.len();
+        report.expired_rows = expired.rows.len() + expired.unreadable.len();
         if inner.calls().is_some() {
             report.objects = expired
+                .rows
                 .iter()
                 .filter(|r| reference_in(&r.value).is_some())
                 .count();
         }
     } else if let Some(fencing) = &inner.legacy {
-        let (rows, objects) = super::legacy::expire(inner, fencing, &mut progress)?;
+        let (rows, objects, unreadable) = super::legacy::expire(inner, fencing, &mut progress)?;
         report.expired_rows = rows;
         report.objects = objects;
+        report.unreadable_rows += unreadable;
     } else {
         loop {
-            let rows = inner.store.delete_expired_task_rows(BATCH)?;
-            if rows.is_empty() {
+            let batch = inner.store.delete_expired_task_rows(BATCH)?;
+            if batch.rows.is_empty() && batch.unreadable.is_empty() {
                 break;
             }
-            report.expired_rows += rows.len();
-            let rows: Vec<_> = rows
+            warn_unreadable(
+                &batch.unreadable,
+                "removed it (it is expired); whatever it points at is left to the orphan pass",
+            );
+            report.unreadable_rows += batch.unreadable.len();
+            report.expired_rows += batch.rows.len() + batch.unreadable.len();
+            let rows: Vec<_> = batch
+                .rows
                 .into_iter()
                 .map(|row| (row_scope(&row), row.key, row.value))
                 .collect();
@@ -82,7 +99,10 @@ pub(super) fn run(
     };
     let capabilities = calls.backend().capabilities();
     if capabilities.list {
-        report.orphans = Some(orphans(host, dry_run)?);
+        match orphans(host, dry_run)? {
+            Ok(count) => report.orphans = Some(count),
+            Err(why) => report.orphans_skipped = Some(why),
+        }
     }
     if !dry_run && capabilities.sweep {
         let older_than = SystemTime::now()
@@ -97,9 +117,15 @@ pub(super) fn run(
     Ok(report)
 }
 
+fn warn_unreadable(rows: &[crate::store::Unreadable], what_gc_did: &str) {
+    for row in rows {
+        log::warn!("gc: cannot read the {row}; {what_gc_did}");
+    }
+}
+
 /// Deletes (or counts) objects that no row references and that are older
-/// than the grace.
-fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
+/// than the grace; or says why it cannot tell which those are.
+fn orphans(host: &StateHost, dry_run: bool) -> Result<std::result::Result<usize, String>> {
     let inner = host.inner();
     let calls = inner.calls().expect("checked by the caller");
     // One clock: the database's time, taken before listing, once every
@@ -122,11 +148,19 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
     }
     // Then every row's reference, expired rows included.
     let mut referenced = HashSet::new();
-    inner.store.for_each_stored(&mut |text| {
+    let unreadable = inner.store.for_each_stored(&mut |text| {
         if let Some(r) = reference_in(text) {
             referenced.insert(r);
         }
     })?;
+    if unreadable > 0 {
+        // Those rows may reference any of the listed objects.
+        let why = format!(
+            "{unreadable} rows' stored text cannot be read, so what they reference is unknown; fix or delete those rows"
+        );
+        log::warn!("gc: orphaned objects not collected: {why}");
+        return Ok(Err(why));
+    }
     // An object no committed row references may still be referenced by a
     // commit that is not durable yet (SQLite, synchronous = normal): make
     // every commit durable before deleting anything.
@@ -192,7 +226,7 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<usize> {
         }
     }
     match first_error {
-        None => Ok(count),
+        None => Ok(Ok(count)),
         Some(first) => Err(Error::Cleanup {
             message: format!(
                 "gc removed {count} orphaned objects, but {failed} could not be deleted (the first: {first}); the next gc tries again"

@@ -337,11 +337,15 @@ pub(super) fn expire(
     inner: &Inner,
     fencing: &Fencing,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<(usize, usize)> {
+) -> Result<(usize, usize, usize)> {
     let expired = inner.store.expired_task_rows(usize::MAX)?;
-    let total = expired.len();
+    for bad in &expired.unreadable {
+        log::warn!("gc: cannot read the {bad}; left as it is");
+    }
+    let unreadable = expired.unreadable.len();
+    let total = expired.rows.len();
     let (mut rows, mut objects) = (0, 0);
-    for row in expired {
+    for row in expired.rows {
         let scope = row_scope(&row);
         let Scope::Task(task) = &scope else { continue };
         let at = StateKey {
@@ -361,7 +365,7 @@ pub(super) fn expire(
         }
         progress(rows, total);
     }
-    Ok((rows, objects))
+    Ok((rows, objects, unreadable))
 }
 
 /// gc of an object no row referenced when gc looked: under its key's lock,

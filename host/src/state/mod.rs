@@ -44,7 +44,7 @@ mod task;
 
 pub use asset::{AssetState, AssetStates};
 pub use gc::GcReport;
-pub use task::{Retention, TaskState};
+pub use task::{MAX_RETENTION, MAX_RETENTION_DAYS, Retention, TaskState};
 
 use envelope::Stored;
 
@@ -142,6 +142,25 @@ pub fn open_existing_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
         });
     }
     open_store(config)
+}
+
+/// Opens the store named by `[database] url` for reading: a SQLite file is
+/// opened read-only (nothing is created or changed, and a database this
+/// process may not write still reads); a missing one is an
+/// [`Error::NoDatabase`]. For `get`, `rows`, `gc --dry-run` and `check`.
+pub fn open_read_only_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
+    match crate::store::SqliteLocation::parse(&config.database_url, &config.base_dir) {
+        Ok(crate::store::SqliteLocation::File(path)) => {
+            if !path.exists() {
+                return Err(Error::NoDatabase {
+                    path,
+                    config: config.file.clone(),
+                });
+            }
+            Ok(Arc::new(crate::store::SqliteStore::open_read_only(path)?))
+        }
+        _ => open_store(config),
+    }
 }
 
 /// Opens the store named by `[database] url`, creating a SQLite database
@@ -326,7 +345,8 @@ pub(crate) fn reference_in(text: &str) -> Option<String> {
     }
 }
 
-/// The backend error of `operation` on `scope` `key`.
+/// The backend error of `operation` on `scope` `key` (both shortened: an
+/// error line names them, it does not repeat kilobytes of ids).
 pub(crate) fn backend_error(
     plugin: &str,
     operation: &'static str,
@@ -337,8 +357,8 @@ pub(crate) fn backend_error(
     Error::Backend {
         plugin: plugin.to_string(),
         operation,
-        scope: scope.to_string(),
-        key: key.to_string(),
+        scope: crate::error::short(&scope.to_string()),
+        key: crate::error::short(key),
         error,
     }
 }
@@ -354,6 +374,13 @@ impl StateHost {
     /// database ([`Error::NoDatabase`]): for callers that only read.
     pub fn open_existing(config: &Config) -> Result<StateHost> {
         StateHost::open_on(config, open_existing_store(config)?)
+    }
+
+    /// Like [`open`](StateHost::open), on a store opened with
+    /// [`open_read_only_store`]: for callers that never write. A write
+    /// through it fails with the database's read-only error.
+    pub fn open_read_only(config: &Config) -> Result<StateHost> {
+        StateHost::open_on(config, open_read_only_store(config)?)
     }
 
     fn open_on(config: &Config, store: Arc<dyn MetadataStore>) -> Result<StateHost> {
@@ -442,7 +469,7 @@ impl StateHost {
     }
 
     /// Every row as the database holds it (envelopes visible).
-    pub fn rows(&self) -> Result<Vec<Row>> {
+    pub fn rows(&self) -> Result<crate::store::Rows> {
         self.inner.store.rows()
     }
 
@@ -599,8 +626,8 @@ impl Inner {
         reread: impl Fn() -> Result<Option<String>>,
     ) -> Result<Option<Value>> {
         let corrupt = |message: String| Error::Corrupt {
-            scope: at.scope.to_string(),
-            key: at.key.to_string(),
+            scope: crate::error::short(&at.scope.to_string()),
+            key: crate::error::short(at.key),
             message,
         };
         for _ in 0..READ_ATTEMPTS {

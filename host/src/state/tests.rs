@@ -18,7 +18,7 @@ use crate::backend::{Backend, InProcess, Limits, Listed, Text, unsupported};
 use crate::config::StateStoreSettings;
 use crate::error::Result;
 use crate::store::{
-    MemoryStore, MetadataStore, Put, Row, SqliteLocation, SqliteStore, Synchronous,
+    MemoryStore, MetadataStore, Put, Row, Rows, SqliteLocation, SqliteStore, Synchronous,
 };
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -226,17 +226,17 @@ impl MetadataStore for Logged {
     fn clear_asset(&self, c: &AssetScope) -> Result<Vec<Row>> {
         self.inner.clear_asset(c)
     }
-    fn rows(&self) -> Result<Vec<Row>> {
+    fn rows(&self) -> Result<Rows> {
         self.inner.rows()
     }
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()> {
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<usize> {
         self.log.lock().unwrap().push("references read".into());
         self.inner.for_each_stored(visit)
     }
-    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.inner.expired_task_rows(limit)
     }
-    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.inner.delete_expired_task_rows(limit)
     }
     fn delete_task_if_expired(&self, s: &TaskScope, k: &str) -> Result<Option<String>> {

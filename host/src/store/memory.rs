@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use statehost_plugin_api::{AssetScope, TaskScope};
 
 use super::{
-    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, canonical_when_new, fence_holds,
-    fenced, match_asset, registered_meanwhile,
+    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, Rows, canonical_when_new,
+    fence_holds, fenced, match_asset, registered_meanwhile,
 };
 use crate::error::Result;
 
@@ -306,7 +306,7 @@ impl MetadataStore for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn rows(&self) -> Result<Vec<Row>> {
+    fn rows(&self) -> Result<Rows> {
         let mut rows = Vec::new();
         for shard in &self.shards {
             for (scope, keys) in &lock(shard).tasks {
@@ -331,10 +331,14 @@ impl MetadataStore for MemoryStore {
                 rows.push(row(RowOwner::Asset(asset.clone()), key, e));
             }
         }
-        Ok(rows)
+        // Typed in memory: every row decodes.
+        Ok(Rows {
+            rows,
+            unreadable: Vec::new(),
+        })
     }
 
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()> {
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<usize> {
         for shard in &self.shards {
             for keys in lock(shard).tasks.values() {
                 keys.values().for_each(|e| visit(&e.value));
@@ -343,10 +347,10 @@ impl MetadataStore for MemoryStore {
         for keys in lock(&self.assets).rows.values() {
             keys.values().for_each(|e| visit(&e.value));
         }
-        Ok(())
+        Ok(0)
     }
 
-    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn expired_task_rows(&self, limit: usize) -> Result<Rows> {
         let now = now_ms();
         let mut out = Vec::new();
         for shard in &self.shards {
@@ -358,7 +362,10 @@ impl MetadataStore for MemoryStore {
                 }
             }
         }
-        Ok(out)
+        Ok(Rows {
+            rows: out,
+            unreadable: Vec::new(),
+        })
     }
 
     fn delete_task_if_expired(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {
@@ -373,7 +380,7 @@ impl MetadataStore for MemoryStore {
         Ok(None)
     }
 
-    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Rows> {
         let now = now_ms();
         let mut out = Vec::new();
         for shard in &self.shards {
@@ -393,6 +400,9 @@ impl MetadataStore for MemoryStore {
             }
             shard.tasks.retain(|_, keys| !keys.is_empty());
         }
-        Ok(out)
+        Ok(Rows {
+            rows: out,
+            unreadable: Vec::new(),
+        })
     }
 }

@@ -50,6 +50,55 @@ pub use sqlite::{SqliteLocation, SqliteStore, Synchronous};
 /// (whose gc matched objects by scope and key) refuses such a database.
 pub const SCHEMA_VERSION: i64 = 2;
 
+/// Rows read from a store, and those that could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rows {
+    /// The rows that decode.
+    pub rows: Vec<Row>,
+    /// The rows that do not (a damaged database, or one written by
+    /// something else): skipped, each named.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A row that cannot be decoded: where it is and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The row, by its table and its key columns as they are stored.
+    pub row: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.row, self.problem)
+    }
+}
+
+impl Unreadable {
+    /// A task row, named by its stored key columns (shortened).
+    pub(crate) fn task(parts: [&str; 5], problem: impl Into<String>) -> Unreadable {
+        let [dag, run, task, map_index, key] = parts.map(crate::error::short);
+        Unreadable {
+            row: format!(
+                "task_state row (dag_id {dag:?}, run_id {run:?}, task_id {task:?}, map_index {map_index}, key {key:?})"
+            ),
+            problem: problem.into(),
+        }
+    }
+
+    /// An asset row, named by its asset's id and its key.
+    pub(crate) fn asset(asset_id: i64, key: &str, problem: impl Into<String>) -> Unreadable {
+        Unreadable {
+            row: format!(
+                "asset_state row (asset id {asset_id}, key {:?})",
+                crate::error::short(key)
+            ),
+            problem: problem.into(),
+        }
+    }
+}
+
 /// A stored row, as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
@@ -150,16 +199,22 @@ pub trait MetadataStore: Send + Sync {
     /// Removes every key of an asset, returning the rows removed.
     fn clear_asset(&self, canonical: &AssetScope) -> Result<Vec<Row>>;
 
-    /// Every row, task rows first.
-    fn rows(&self) -> Result<Vec<Row>>;
+    /// Every row, task rows first; a row that cannot be decoded is
+    /// reported, not an error for the whole listing.
+    fn rows(&self) -> Result<Rows>;
     /// Calls `visit` with the stored text of every row, expired or not, that
-    /// might hold an envelope (a superset: the caller parses).
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()>;
+    /// might hold an envelope (a superset: the caller parses). Answers how
+    /// many rows' text could not be read at all (then the caller cannot know
+    /// every reference).
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<usize>;
     /// Up to `limit` task rows expired by the database's clock, unchanged.
-    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>>;
+    fn expired_task_rows(&self, limit: usize) -> Result<Rows>;
     /// Removes up to `limit` task rows expired by the database's clock,
     /// returning them. A row rewritten meanwhile (no longer expired) stays.
-    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>>;
+    /// An expired row that cannot be decoded is removed too (it is expired
+    /// by the database's own clock) and reported as unreadable: the caller
+    /// must not act on what it may point at.
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Rows>;
 
     /// Removes one task row if it is expired by the database's clock,
     /// returning what it held.

@@ -19,8 +19,8 @@ use postgres::{Client, Statement};
 use statehost_plugin_api::{AssetIdentity, AssetScope, TaskScope};
 
 use super::{
-    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, SCHEMA_VERSION, canonical_when_new,
-    fenced, match_asset, registered_meanwhile,
+    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, Rows, SCHEMA_VERSION, Unreadable,
+    canonical_when_new, fenced, match_asset, registered_meanwhile,
 };
 use crate::error::{Error, Result};
 
@@ -231,25 +231,60 @@ pub(crate) fn redact(url: &str) -> String {
     crate::secrets::redact_url(url)
 }
 
-fn task_row(r: &postgres::Row) -> Result<Row> {
-    let bad = |e: &dyn std::fmt::Display| Error::Store {
-        message: format!("a task_state row cannot be read: {e}"),
-    };
-    let text = |i: usize| r.try_get::<_, String>(i).map_err(|e| bad(&e));
-    let scope = TaskScope::new(
-        text(0)?,
-        text(1)?,
-        text(2)?,
-        r.try_get(3).map_err(|e| bad(&e))?,
-    )
-    .map_err(|e| bad(&e))?;
-    Ok(Row {
-        owner: RowOwner::Task(scope),
-        key: text(4)?,
-        value: text(5)?,
-        updated_at: r.try_get(6).map_err(|e| bad(&e))?,
-        expires_at: r.try_get(7).map_err(|e| bad(&e))?,
+/// A task row from its eight columns, or what is wrong with it (the
+/// columns are typed; the scope and key may still break the rules).
+fn task_row(r: &postgres::Row) -> std::result::Result<Row, Unreadable> {
+    let text = |i: usize| r.try_get::<_, String>(i).map_err(|e| e.to_string());
+    let decoded = (|| -> std::result::Result<Row, String> {
+        let scope = TaskScope::new(
+            text(0)?,
+            text(1)?,
+            text(2)?,
+            r.try_get(3).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.message().to_string())?;
+        let key = text(4)?;
+        statehost_plugin_api::validate_key(&key).map_err(|e| e.message().to_string())?;
+        Ok(Row {
+            owner: RowOwner::Task(scope),
+            key,
+            value: text(5)?,
+            updated_at: r.try_get(6).map_err(|e| e.to_string())?,
+            expires_at: r.try_get(7).map_err(|e| e.to_string())?,
+        })
+    })();
+    decoded.map_err(|problem| {
+        let part = |i: usize| r.try_get::<_, String>(i).unwrap_or_default();
+        let map_index = r
+            .try_get::<_, i64>(3)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        Unreadable::task(
+            [&part(0), &part(1), &part(2), &map_index, &part(4)],
+            problem,
+        )
     })
+}
+
+fn sorted(decoded: impl IntoIterator<Item = std::result::Result<Row, Unreadable>>) -> Rows {
+    let mut rows = Rows::default();
+    for row in decoded {
+        match row {
+            Ok(row) => rows.rows.push(row),
+            Err(bad) => rows.unreadable.push(bad),
+        }
+    }
+    rows
+}
+
+/// The rows that decode; those that do not are named in a warning (their
+/// rows are gone, whatever they pointed at is left to gc's orphan pass).
+fn readable(rows: &[postgres::Row]) -> Vec<Row> {
+    let rows = sorted(rows.iter().map(task_row));
+    for bad in &rows.unreadable {
+        log::warn!("removed a {bad}; whatever it pointed at is left to gc");
+    }
+    rows.rows
 }
 
 fn registered(
@@ -598,7 +633,7 @@ impl MetadataStore for PostgresStore {
                     &[&scope.dag_id(), &scope.run_id(), &scope.task_id(), &scope.map_index()],
                 )?
             };
-            rows.iter().map(|r| task_row(r).map_err(Failure::Refused)).collect()
+            Ok(readable(&rows))
         })
     }
 
@@ -733,7 +768,7 @@ impl MetadataStore for PostgresStore {
         })
     }
 
-    fn rows(&self) -> Result<Vec<Row>> {
+    fn rows(&self) -> Result<Rows> {
         let (tasks, assets) = self.read("listing rows", |c| {
             let tasks = c.query(
                 "SELECT dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at FROM task_state
@@ -741,31 +776,37 @@ impl MetadataStore for PostgresStore {
                 &[],
             )?;
             let assets = c.query(
-                "SELECT a.name, a.uri, a.identity, s.key, s.value, s.updated_at
+                "SELECT a.id, a.name, a.uri, a.identity, s.key, s.value, s.updated_at
                  FROM asset_state s JOIN asset a ON a.id = s.asset_id ORDER BY a.id, s.key",
                 &[],
             )?;
             Ok((tasks, assets))
         })?;
-        let mut rows = tasks.iter().map(task_row).collect::<Result<Vec<_>>>()?;
+        let mut rows = sorted(tasks.iter().map(task_row));
         for r in assets {
+            let key: String = r.get(4);
             let registered = Registered {
-                name: r.get(0),
-                uri: r.get(1),
-                by_uri: r.get::<_, String>(2) == "uri",
+                name: r.get(1),
+                uri: r.get(2),
+                by_uri: r.get::<_, String>(3) == "uri",
             };
-            rows.push(Row {
-                owner: RowOwner::Asset(registered.canonical()?),
-                key: r.get(3),
-                value: r.get(4),
-                updated_at: r.get(5),
-                expires_at: None,
-            });
+            match registered.canonical() {
+                Ok(canonical) => rows.rows.push(Row {
+                    owner: RowOwner::Asset(canonical),
+                    key,
+                    value: r.get(5),
+                    updated_at: r.get(6),
+                    expires_at: None,
+                }),
+                Err(e) => rows
+                    .unreadable
+                    .push(Unreadable::asset(r.get(0), &key, e.to_string())),
+            }
         }
         Ok(rows)
     }
 
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()> {
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<usize> {
         let rows = self.read("reading references", |c| {
             c.query(
                 "SELECT value FROM task_state
@@ -776,13 +817,14 @@ impl MetadataStore for PostgresStore {
                 &[],
             )
         })?;
+        // The column is TEXT NOT NULL: every value reads.
         for row in rows {
             visit(row.get(0));
         }
-        Ok(())
+        Ok(0)
     }
 
-    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn expired_task_rows(&self, limit: usize) -> Result<Rows> {
         let rows = self.read("finding expired rows", |c| {
             c.query(
                 concat!(
@@ -794,7 +836,7 @@ impl MetadataStore for PostgresStore {
                 &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )
         })?;
-        rows.iter().map(task_row).collect()
+        Ok(sorted(rows.iter().map(task_row)))
     }
 
     fn durability_warning(&self) -> Result<Option<String>> {
@@ -833,7 +875,7 @@ impl MetadataStore for PostgresStore {
         })
     }
 
-    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.write("deleting expired rows", |c| {
             // Locked rows are another gc's; a row rewritten meanwhile has a
             // new version (another ctid) and a new expiry, and stays.
@@ -849,7 +891,7 @@ impl MetadataStore for PostgresStore {
                 ),
                 &[&i64::try_from(limit).unwrap_or(i64::MAX)],
             )?;
-            rows.iter().map(|r| task_row(r).map_err(Failure::Refused)).collect()
+            Ok(sorted(rows.iter().map(task_row)))
         })
     }
 }

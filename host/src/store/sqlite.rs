@@ -13,14 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{
-    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 use statehost_plugin_api::{AssetIdentity, AssetScope, TaskScope};
 
 use super::{
-    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, SCHEMA_VERSION, canonical_when_new,
-    fence_holds, fenced, match_asset, registered_meanwhile,
+    AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, Rows, SCHEMA_VERSION, Unreadable,
+    canonical_when_new, fence_holds, fenced, match_asset, registered_meanwhile,
 };
 use crate::error::{Error, Result};
 
@@ -84,6 +85,9 @@ pub struct SqliteStore {
     /// separate database).
     pool: Mutex<Vec<Connection>>,
     memory: Option<Mutex<Connection>>,
+    /// Opened for reading only: nothing is created or changed, and a
+    /// database the process cannot write can still be read.
+    read_only: bool,
 }
 
 /// The database's clock, ms since the epoch, as an SQL expression.
@@ -160,6 +164,7 @@ impl SqliteStore {
             synchronous,
             pool: Mutex::new(Vec::new()),
             memory: None,
+            read_only: false,
         };
         let mut first = store.connect()?;
         store.migrate(&mut first)?;
@@ -177,6 +182,69 @@ impl SqliteStore {
                 store
             }
         })
+    }
+
+    /// Opens an existing database file for reading only: no file or
+    /// directory is created, no schema is written, and a database this
+    /// process cannot write (a read-only file or directory) still reads.
+    pub fn open_read_only(path: PathBuf) -> Result<SqliteStore> {
+        let store = SqliteStore {
+            location: SqliteLocation::File(path),
+            synchronous: Synchronous::Full,
+            pool: Mutex::new(Vec::new()),
+            memory: None,
+            read_only: true,
+        };
+        let first = store.connect()?;
+        if store.schema_version(&first)?.is_none() {
+            return Err(Error::Store {
+                message: format!(
+                    "{} holds no statehost tables: nothing was ever stored in it; point [database] url at the database the workers use",
+                    store.location.describe()
+                ),
+            });
+        }
+        store
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(first);
+        Ok(store)
+    }
+
+    /// A read-only connection: plain, or, for a WAL database whose
+    /// shared-memory file cannot be made (a read-only directory), one that
+    /// treats the file as immutable (no writer can be using it then).
+    fn connect_read_only(&self, path: &Path) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let probe = |conn: &Connection| {
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        };
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| self.error("opening read-only", e))?;
+        match probe(&conn) {
+            Ok(_) => Ok(conn),
+            Err(e) if matches!(code(&e), Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)) => {
+                let uri = format!(
+                    "file:{}?immutable=1",
+                    percent_encoding::utf8_percent_encode(
+                        &path.to_string_lossy(),
+                        percent_encoding::NON_ALPHANUMERIC
+                    )
+                    .to_string()
+                    .replace("%2F", "/")
+                );
+                let conn = Connection::open_with_flags(&uri, flags)
+                    .map_err(|e| self.error("opening read-only", e))?;
+                probe(&conn).map_err(|e| self.error("reading", e))?;
+                Ok(conn)
+            }
+            Err(e) => Err(self.error("reading", e)),
+        }
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> Error {
@@ -197,6 +265,12 @@ impl SqliteStore {
                         path.display()
                     ),
                 })?;
+                if self.read_only {
+                    let conn = self.connect_read_only(path)?;
+                    conn.busy_timeout(BUSY_TIMEOUT)
+                        .map_err(|e| self.error("setting the busy timeout", e))?;
+                    return Ok(conn);
+                }
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| Error::Io {
                         path: dir.to_path_buf(),
@@ -438,23 +512,112 @@ fn asset_id(c: &Connection, canonical: &AssetScope) -> rusqlite::Result<Option<i
     }
 }
 
-fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    let scope = TaskScope::new(
-        r.get::<_, String>(0)?,
-        r.get::<_, String>(1)?,
-        r.get::<_, String>(2)?,
-        r.get(3)?,
-    )
-    .map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    Ok(Row {
-        owner: RowOwner::Task(scope),
-        key: r.get(4)?,
-        value: r.get(5)?,
-        updated_at: r.get(6)?,
-        expires_at: r.get(7)?,
-    })
+/// A column as text, whatever its type, to name a row in a message.
+fn shown(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".to_string(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Blob(b) => format!("<blob of {} bytes>", b.len()),
+    }
+}
+
+fn type_name(v: ValueRef<'_>) -> &'static str {
+    match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "an integer",
+        ValueRef::Real(_) => "a real number",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "a blob",
+    }
+}
+
+fn text_of(v: ValueRef<'_>, column: &str) -> std::result::Result<String, String> {
+    match v {
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map(str::to_owned)
+            .map_err(|_| format!("{column} is not UTF-8")),
+        other => Err(format!("{column} is {}, not text", type_name(other))),
+    }
+}
+
+fn int_of(v: ValueRef<'_>, column: &str) -> std::result::Result<i64, String> {
+    match v {
+        ValueRef::Integer(i) => Ok(i),
+        other => Err(format!("{column} is {}, not an integer", type_name(other))),
+    }
+}
+
+/// A task row from the columns [`TASK_COLUMNS`], or what is wrong with it.
+/// (SQLite keeps whatever type a writer put in a column.)
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<Row, Unreadable>> {
+    let v = [
+        r.get_ref(0)?,
+        r.get_ref(1)?,
+        r.get_ref(2)?,
+        r.get_ref(3)?,
+        r.get_ref(4)?,
+        r.get_ref(5)?,
+        r.get_ref(6)?,
+        r.get_ref(7)?,
+    ];
+    let decoded = (|| -> std::result::Result<Row, String> {
+        let scope = TaskScope::new(
+            text_of(v[0], "dag_id")?,
+            text_of(v[1], "run_id")?,
+            text_of(v[2], "task_id")?,
+            int_of(v[3], "map_index")?,
+        )
+        .map_err(|e| e.message().to_string())?;
+        let key = text_of(v[4], "key")?;
+        statehost_plugin_api::validate_key(&key).map_err(|e| e.message().to_string())?;
+        Ok(Row {
+            owner: RowOwner::Task(scope),
+            key,
+            value: text_of(v[5], "value")?,
+            updated_at: int_of(v[6], "updated_at")?,
+            expires_at: match v[7] {
+                ValueRef::Null => None,
+                other => Some(int_of(other, "expires_at")?),
+            },
+        })
+    })();
+    Ok(decoded.map_err(|problem| {
+        let parts = [
+            shown(v[0]),
+            shown(v[1]),
+            shown(v[2]),
+            shown(v[3]),
+            shown(v[4]),
+        ];
+        Unreadable::task(
+            [&parts[0], &parts[1], &parts[2], &parts[3], &parts[4]],
+            problem,
+        )
+    }))
+}
+
+/// The rows that decode; those that do not are named in a warning (their
+/// rows are gone, whatever they pointed at is left to gc's orphan pass).
+fn readable(decoded: Vec<std::result::Result<Row, Unreadable>>) -> Vec<Row> {
+    let rows = sorted(decoded);
+    for bad in &rows.unreadable {
+        log::warn!("removed a {bad}; whatever it pointed at is left to gc");
+    }
+    rows.rows
+}
+
+/// Splits decoded rows into the readable and the unreadable.
+fn sorted(decoded: Vec<std::result::Result<Row, Unreadable>>) -> Rows {
+    let mut rows = Rows::default();
+    for row in decoded {
+        match row {
+            Ok(row) => rows.rows.push(row),
+            Err(bad) => rows.unreadable.push(bad),
+        }
+    }
+    rows
 }
 
 const TASK_COLUMNS: &str = "dag_id, run_id, task_id, map_index, key, value, updated_at, expires_at";
@@ -469,6 +632,10 @@ impl MetadataStore for SqliteStore {
     }
 
     fn gc_epoch(&self) -> Result<i64> {
+        if self.read_only {
+            // Nothing will be deleted through a read-only store.
+            return self.read("reading the clock for gc", db_now);
+        }
         // Writers fence and commit under the write lock: taking it waits for
         // any of them still between the two.
         self.write("reading the clock for gc", |tx| Ok(db_now(tx)?))
@@ -571,7 +738,7 @@ impl MetadataStore for SqliteStore {
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?
             };
-            Ok(rows)
+            Ok(readable(rows))
         })
     }
 
@@ -689,70 +856,96 @@ impl MetadataStore for SqliteStore {
         })
     }
 
-    fn rows(&self) -> Result<Vec<Row>> {
-        let assets: Vec<(Registered, String, String, i64)> = self.read("listing rows", |c| {
-            c.prepare(
-                "SELECT a.name, a.uri, a.identity, s.key, s.value, s.updated_at
-                 FROM asset_state s JOIN asset a ON a.id = s.asset_id ORDER BY a.id, s.key",
-            )?
-            .query_map([], |r| {
-                Ok((
-                    Registered {
-                        name: r.get(0)?,
-                        uri: r.get(1)?,
-                        by_uri: r.get::<_, String>(2)? == "uri",
-                    },
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect()
-        })?;
-        let mut rows = self.read("listing rows", |c| {
+    fn rows(&self) -> Result<Rows> {
+        let mut rows = sorted(self.read("listing rows", |c| {
             c.prepare(&format!(
                 "SELECT {TASK_COLUMNS} FROM task_state ORDER BY dag_id, run_id, task_id, map_index, key"
             ))?
             .query_map([], task_row)?
             .collect::<rusqlite::Result<Vec<_>>>()
+        })?);
+        let assets = self.read("listing rows", |c| {
+            c.prepare(
+                "SELECT a.id, a.name, a.uri, a.identity, s.key, s.value, s.updated_at
+                 FROM asset_state s JOIN asset a ON a.id = s.asset_id ORDER BY a.id, s.key",
+            )?
+            .query_map([], |r| {
+                let v = [
+                    r.get_ref(0)?,
+                    r.get_ref(1)?,
+                    r.get_ref(2)?,
+                    r.get_ref(3)?,
+                    r.get_ref(4)?,
+                    r.get_ref(5)?,
+                    r.get_ref(6)?,
+                ];
+                let id = match v[0] {
+                    ValueRef::Integer(i) => i,
+                    _ => -1,
+                };
+                let optional_text = |v: ValueRef<'_>, column: &str| match v {
+                    ValueRef::Null => Ok(None),
+                    other => text_of(other, column).map(Some),
+                };
+                let decoded = (|| -> std::result::Result<Row, String> {
+                    let registered = Registered {
+                        name: optional_text(v[1], "name")?,
+                        uri: optional_text(v[2], "uri")?,
+                        by_uri: text_of(v[3], "identity")? == "uri",
+                    };
+                    Ok(Row {
+                        owner: RowOwner::Asset(registered.canonical().map_err(|e| e.to_string())?),
+                        key: text_of(v[4], "key")?,
+                        value: text_of(v[5], "value")?,
+                        updated_at: int_of(v[6], "updated_at")?,
+                        expires_at: None,
+                    })
+                })();
+                Ok(decoded.map_err(|problem| Unreadable::asset(id, &shown(v[4]), problem)))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        for (registered, key, value, updated_at) in assets {
-            rows.push(Row {
-                owner: RowOwner::Asset(registered.canonical()?),
-                key,
-                value,
-                updated_at,
-                expires_at: None,
-            });
-        }
+        let assets = sorted(assets);
+        rows.rows.extend(assets.rows);
+        rows.unreadable.extend(assets.unreadable);
         Ok(rows)
     }
 
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()> {
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<usize> {
         self.read("reading references", |c| {
             let mut statement = c.prepare(
                 "SELECT value FROM task_state
                  WHERE instr(value, '__airflow_state_ref__') > 0 OR instr(value, '\\u') > 0
+                    OR typeof(value) <> 'text'
                  UNION ALL
                  SELECT value FROM asset_state
-                 WHERE instr(value, '__airflow_state_ref__') > 0 OR instr(value, '\\u') > 0",
+                 WHERE instr(value, '__airflow_state_ref__') > 0 OR instr(value, '\\u') > 0
+                    OR typeof(value) <> 'text'",
             )?;
             let mut rows = statement.query([])?;
+            let mut unreadable = 0;
             while let Some(row) = rows.next()? {
-                visit(row.get_ref(0)?.as_str()?);
+                match row.get_ref(0)? {
+                    ValueRef::Text(t) => match std::str::from_utf8(t) {
+                        Ok(text) => visit(text),
+                        Err(_) => unreadable += 1,
+                    },
+                    _ => unreadable += 1,
+                }
             }
-            Ok(())
+            Ok(unreadable)
         })
     }
 
-    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.read("finding expired rows", |c| {
             c.prepare_cached(&format!(
                 "SELECT {TASK_COLUMNS} FROM task_state WHERE expires_at IS NOT NULL AND expires_at <= {} LIMIT ?1",
                 now!()
             ))?
-            .query_map([limit as i64], task_row)?
-            .collect()
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], task_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map(sorted)
         })
     }
 
@@ -779,7 +972,7 @@ impl MetadataStore for SqliteStore {
         })
     }
 
-    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.write("deleting expired rows", |tx| {
             Ok(tx
                 .prepare_cached(&format!(
@@ -789,8 +982,9 @@ impl MetadataStore for SqliteStore {
                      RETURNING {TASK_COLUMNS}",
                     now!()
                 ))?
-                .query_map([limit as i64], task_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], task_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map(sorted)?)
         })
     }
 

@@ -51,6 +51,7 @@ fn upserts_hand_back_what_they_replace(store: &dyn MetadataStore) {
     let rows: Vec<Row> = store
         .rows()
         .unwrap()
+        .rows
         .into_iter()
         .filter(|r| r.key == "k")
         .collect();
@@ -91,7 +92,7 @@ fn retention_and_expiry_follow_the_database_clock(store: &dyn MetadataStore) {
         )
         .unwrap();
     let after = store.now().unwrap();
-    let rows = store.rows().unwrap();
+    let rows = store.rows().unwrap().rows;
     let kept = rows.iter().find(|r| r.key == "kept").unwrap();
     assert!((before..=after).contains(&kept.updated_at), "{kept:?}");
     assert_eq!(kept.expires_at, Some(kept.updated_at + 3_600_000));
@@ -284,13 +285,13 @@ fn gc_deletes_only_rows_still_expired(store: &dyn MetadataStore) {
             },
         )
         .unwrap();
-    let expired = store.expired_task_rows(100).unwrap();
+    let expired = store.expired_task_rows(100).unwrap().rows;
     assert_eq!(
         expired.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
         ["old"]
     );
     // "No limit", as a dry run asks (once a negative LIMIT on PostgreSQL).
-    assert_eq!(store.expired_task_rows(usize::MAX).unwrap().len(), 1);
+    assert_eq!(store.expired_task_rows(usize::MAX).unwrap().rows.len(), 1);
     // Rewritten with a new expiry after gc read it: not deleted.
     store
         .put_task(
@@ -302,9 +303,9 @@ fn gc_deletes_only_rows_still_expired(store: &dyn MetadataStore) {
             },
         )
         .unwrap();
-    assert!(store.delete_expired_task_rows(100).unwrap().is_empty());
+    assert!(store.delete_expired_task_rows(100).unwrap().rows.is_empty());
     store.put_task(&t, "old", &expiring("4")).unwrap();
-    let deleted = store.delete_expired_task_rows(100).unwrap();
+    let deleted = store.delete_expired_task_rows(100).unwrap().rows;
     assert_eq!(deleted.len(), 1);
     assert_eq!(
         (deleted[0].key.as_str(), deleted[0].value.as_str()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use statehost::backend::{InProcess, Limits};
-use statehost::store::{MetadataStore, Put, Row, SqliteLocation, SqliteStore};
+use statehost::store::{MetadataStore, Put, Row, Rows, SqliteLocation, SqliteStore};
 use statehost::{Error, Result, StateHost};
 use statehost_memory::MemoryBackend;
 use statehost_plugin_api::{
@@ -165,7 +165,7 @@ fn delete_clear_and_gc_racing_set_leave_no_dangling_row() {
                 }
             });
         });
-        if let Some(row) = host.rows().unwrap().into_iter().next() {
+        if let Some(row) = host.rows().unwrap().rows.into_iter().next() {
             assert!(
                 state.get("k").is_ok(),
                 "round {round}: the row {} points at nothing",
@@ -303,16 +303,16 @@ impl MetadataStore for LockedOut {
     fn clear_asset(&self, asset: &AssetScope) -> Result<Vec<Row>> {
         self.inner.clear_asset(asset)
     }
-    fn rows(&self) -> Result<Vec<Row>> {
+    fn rows(&self) -> Result<Rows> {
         self.inner.rows()
     }
-    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<()> {
+    fn for_each_stored(&self, visit: &mut dyn FnMut(&str)) -> Result<usize> {
         self.inner.for_each_stored(visit)
     }
-    fn expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.inner.expired_task_rows(limit)
     }
-    fn delete_expired_task_rows(&self, limit: usize) -> Result<Vec<Row>> {
+    fn delete_expired_task_rows(&self, limit: usize) -> Result<Rows> {
         self.inner.delete_expired_task_rows(limit)
     }
     fn delete_task_if_expired(&self, scope: &TaskScope, key: &str) -> Result<Option<String>> {

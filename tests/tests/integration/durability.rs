@@ -178,6 +178,7 @@ fn killed_writers_leave_whole_values_and_a_sound_database() {
     let rows: HashSet<String> = host
         .rows()
         .unwrap()
+        .rows
         .into_iter()
         .filter_map(|r| match statehost::envelope::unwrap(&r.value) {
             Ok(statehost::envelope::Stored::Reference(r)) => Some(r.into_owned()),
@@ -211,6 +212,7 @@ fn two_processes_of_four_threads_lose_no_acknowledged_write() {
     let rows_with_keys = host
         .rows()
         .unwrap()
+        .rows
         .into_iter()
         .filter(|r| matches!(&r.owner, RowOwner::Task(t) if *t == scope()))
         .count();
@@ -272,7 +274,7 @@ fn four_workers_share_one_postgresql_database() {
     let host = host_on(Arc::new(store), Some(&backend), short_grace());
     check_acknowledged(&host, &acked);
     // No row points at nothing.
-    for row in host.rows().unwrap() {
+    for row in host.rows().unwrap().rows {
         if let RowOwner::Task(t) = &row.owner
             && t.task_id() != "expiring"
         {
@@ -295,6 +297,7 @@ fn four_workers_share_one_postgresql_database() {
     assert!(
         host.rows()
             .unwrap()
+            .rows
             .iter()
             .all(|r| !matches!(&r.owner, RowOwner::Task(t) if t.task_id() == "expiring"))
     );
@@ -349,6 +352,6 @@ fn clearing_a_scope_with_ten_thousand_keys() {
         10_000
     );
     state.clear(false).unwrap();
-    assert!(host.rows().unwrap().is_empty());
+    assert!(host.rows().unwrap().rows.is_empty());
     assert!(StateBackend::list(&*backend, None).unwrap().is_empty());
 }

@@ -51,7 +51,7 @@ fn a_failed_write_leaves_no_row_and_the_next_call_works() {
         let (got, message) = backend_error(state.set("k", &json!("v")).unwrap_err());
         assert_eq!(got, kind, "{fault}: {message}");
         assert!(message.contains(says), "{fault}: {message}");
-        assert!(host.rows().unwrap().is_empty(), "{fault} left a row");
+        assert!(host.rows().unwrap().rows.is_empty(), "{fault} left a row");
         // The next calls (other operations) are served.
         let asset = host
             .asset_state(&AssetScope::by_name("a").unwrap())
@@ -74,10 +74,10 @@ fn a_failed_read_is_an_error_and_the_row_stays() {
         state.set("k", &json!({"v": 1})).unwrap();
         let (_, message) = backend_error(state.get("k").unwrap_err());
         assert!(message.contains(says), "{fault}: {message}");
-        assert_eq!(host.rows().unwrap().len(), 1, "{fault}");
+        assert_eq!(host.rows().unwrap().rows.len(), 1, "{fault}");
         // Deleting still works: row first, then the object.
         state.delete("k").unwrap();
-        assert!(host.rows().unwrap().is_empty());
+        assert!(host.rows().unwrap().rows.is_empty());
     }
 }
 
@@ -99,7 +99,10 @@ fn failed_delete_and_clear_remove_rows_first_and_gc_collects_the_objects() {
         matches!(err, Error::Cleanup { .. }) && err.to_string().contains("rows are removed"),
         "{err}"
     );
-    assert!(host.rows().unwrap().is_empty(), "clear removed the rows");
+    assert!(
+        host.rows().unwrap().rows.is_empty(),
+        "clear removed the rows"
+    );
     // Both objects are orphans now; this backend cannot delete, so gc
     // reports the failure instead of claiming success.
     wait_out_grace(host.settings());
@@ -128,7 +131,7 @@ fn a_write_that_ends_after_its_deadline_is_deleted_when_it_ends() {
     let (kind, message) = backend_error(state.set("k", &json!("v")).unwrap_err());
     assert_eq!(kind, ErrorKind::Unavailable);
     assert!(message.contains("within 50 ms"), "{message}");
-    assert!(host.rows().unwrap().is_empty());
+    assert!(host.rows().unwrap().rows.is_empty());
     // The late write lands in the background, and its object goes as soon
     // as it does: a set reported as failed leaves nothing in storage.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -253,6 +253,7 @@ fn run_history(sandbox: &Sandbox, rest: &str, seed: u64, ops: u64) {
     let referenced: HashSet<String> = clean
         .rows()
         .unwrap()
+        .rows
         .into_iter()
         .filter_map(|row| match statehost::envelope::unwrap(&row.value) {
             Ok(statehost::envelope::Stored::Reference(r)) => Some(r.into_owned()),

@@ -63,7 +63,7 @@ fn a_1_0_plugin_serves_task_and_asset_state() {
     state.set("k", &json!({"v": 1})).unwrap();
     state.set("k", &json!({"v": 2})).unwrap();
     assert_eq!(state.get("k").unwrap(), Some(json!({"v": 2})));
-    let row = host.rows().unwrap().remove(0).value;
+    let row = host.rows().unwrap().rows.remove(0).value;
     assert_eq!(
         row,
         r#"{"__airflow_state_ref__": "task/dag/run/task/-1/k"}"#

@@ -25,6 +25,7 @@ fn scope() -> TaskScope {
 fn stored(host: &StateHost, key: &str) -> Option<String> {
     host.rows()
         .unwrap()
+        .rows
         .into_iter()
         .find(|r| r.key == key)
         .map(|r| r.value)
@@ -93,7 +94,7 @@ fn values_go_to_the_fs_plugin_and_rows_hold_the_envelope() {
     assert!(!dir.path().join("objects").join(&second).exists());
     state.clear(false).unwrap();
     assert_eq!(state.get("s").unwrap(), None);
-    assert!(host.rows().unwrap().is_empty());
+    assert!(host.rows().unwrap().rows.is_empty());
     host.flush();
     assert_eq!(
         files_under(&dir.path().join("objects")),
@@ -129,7 +130,7 @@ fn bad_input_is_rejected_before_the_backend_is_called() {
     let err = state.set("ok", &json!(1)).unwrap_err();
     assert!(err.to_string().contains("panicked"), "{err}");
     assert!(
-        host.rows().unwrap().is_empty(),
+        host.rows().unwrap().rows.is_empty(),
         "a failed set leaves no row"
     );
 }
@@ -193,15 +194,17 @@ fn expired_rows_read_as_absent_and_gc_removes_them_and_their_objects() {
     );
     let state = host.task_state(scope());
     state
-        .set_with_retention("short", &json!(1), Retention::For(Duration::ZERO))
+        .set_with_retention("short", &json!(1), Retention::For(Duration::from_millis(1)))
         .unwrap();
+    // (A zero retention means "never", as in the config.)
+    std::thread::sleep(Duration::from_millis(20));
     let short = dir.path().join("o").join(reference(&host, "short"));
     state
         .set_with_retention("forever", &json!(2), Retention::Never)
         .unwrap();
     state.set("default", &json!(3)).unwrap();
     assert_eq!(state.get("short").unwrap(), None);
-    let rows = host.rows().unwrap();
+    let rows = host.rows().unwrap().rows;
     let row = |key: &str| rows.iter().find(|r| r.key == key).unwrap();
     assert_eq!(row("forever").expires_at, None);
     let default = row("default").expires_at.unwrap() - row("default").updated_at;
@@ -235,7 +238,7 @@ fn an_asset_by_name_and_by_uri_shares_rows_and_namespace() {
         .unwrap();
     by_name.set("wm", &json!("2026-11-02")).unwrap();
     assert_eq!(by_uri.get("wm").unwrap(), Some(json!("2026-11-02")));
-    assert_eq!(host.rows().unwrap().len(), 1);
+    assert_eq!(host.rows().unwrap().rows.len(), 1);
     let clash = AssetScope::new(Some("orders".into()), Some("s3://other".into())).unwrap();
     assert!(matches!(
         host.asset_state(&clash),
@@ -352,7 +355,7 @@ fn many_threads_share_one_host() {
             });
         }
     });
-    assert_eq!(host.rows().unwrap().len(), 80);
+    assert_eq!(host.rows().unwrap().rows.len(), 80);
     // Every replaced object goes: one file per row remains.
     host.flush();
     assert_eq!(files_under(&dir.path().join("o")).len(), 80);

@@ -208,6 +208,20 @@ pub enum Error {
     },
 }
 
+/// Text for a message, cut to a readable length: ids and keys may be a
+/// kilobyte each, and a message names several.
+pub(crate) fn short(text: &str) -> String {
+    const SHOW: usize = 80;
+    if text.len() <= SHOW {
+        return text.to_string();
+    }
+    let mut end = SHOW;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 fn available_hint(available: &[String]) -> String {
     if available.is_empty() {
         "the plugin directory holds no plugins; build them with `cargo build --release --workspace` or set [core] plugins_dir".to_string()
@@ -238,15 +252,21 @@ impl Error {
     }
 
     /// Whether the error is the caller's to fix: the configuration, a name,
-    /// a key or value, a plugin that is not where the configuration says,
-    /// or a backend error of kind `Config` or `InvalidInput` (see the error
-    /// contract in the plugin-api docs). The command line exits with 2 for
-    /// these and 3 for the rest.
+    /// a key or value, a plugin path that names no plugin (missing,
+    /// unreadable, not a shared library, or a library that is not a
+    /// statehost plugin), or a backend error of kind `Config` or
+    /// `InvalidInput` (see the error contract in the plugin-api docs). The
+    /// command line exits with 2 for these and 3 for the rest (a plugin a
+    /// guard refused or that is incompatible or broken is 3: the path is
+    /// right, the file is not).
     pub fn is_bad_input(&self) -> bool {
         match self {
             Error::Config { .. }
             | Error::InvalidBackendName { .. }
             | Error::PluginNotFound { .. }
+            | Error::PluginUnreadable { .. }
+            | Error::NotSharedLibrary { .. }
+            | Error::NotAPlugin { .. }
             | Error::NoBackend
             | Error::NoDatabase { .. }
             | Error::InvalidInput { .. } => true,

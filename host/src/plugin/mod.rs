@@ -538,19 +538,18 @@ pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
         });
     }
     let library = load_library(&location.path, &LoadPolicy::for_config(config, &location))?;
-    // Options come from the section named in the config; for a path, from
-    // the plugin's own name.
-    let section = if location.from_plugins_dir {
-        location.name.clone()
-    } else {
-        library.metadata.name.clone()
-    };
-    if library.metadata.name != section {
+    // Options come from the section of the plugin's own name, the one its
+    // errors name; a library renamed on disk says so once.
+    let section = library.metadata.name.clone();
+    if location.from_plugins_dir && location.name != section {
         log::warn!(
-            "{} calls itself `{}` but was configured as `{section}`; reading options from [backends.{section}]",
+            "{} calls itself `{section}` but was configured as `{}`; its options are read from [backends.{section}]",
             location.path.display(),
-            library.metadata.name
+            location.name
         );
+    }
+    for warning in stray_sections(config, &[&section, &location.name]) {
+        log::warn!("{warning}");
     }
     LoadedBackend::construct(
         library,
@@ -559,6 +558,42 @@ pub fn load_configured(config: &Config) -> Result<Option<LoadedBackend>> {
         config.limits.deadline,
     )
     .map(Some)
+}
+
+/// A warning for each `[backends.<name>]` section that no backend reads:
+/// neither one of `in_use` nor a library in the plugin directory (a typo
+/// would otherwise leave a backend silently on its defaults), naming the
+/// closest name that would be read.
+pub fn stray_sections(config: &Config, in_use: &[&str]) -> Vec<String> {
+    let mut known: Vec<String> = in_use.iter().map(|n| n.to_string()).collect();
+    if let Ok(found) = discover(&config.plugins_dir) {
+        known.extend(found.into_iter().map(|(name, _)| name));
+    }
+    config
+        .backends
+        .keys()
+        .filter(|name| !known.contains(name))
+        .map(|name| {
+            let closest = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(name, k), k))
+                .min();
+            let hint = match closest {
+                Some((distance, k)) if distance <= name.len().max(k.len()) / 2 => {
+                    format!("; did you mean [backends.{k}]?")
+                }
+                _ => format!(
+                    "; the backends here are {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            };
+            format!("[backends.{name}] belongs to no configured or installed backend and is ignored{hint}")
+        })
+        .collect()
 }
 
 type SharedSlot = Mutex<Option<(String, Result<Option<Arc<LoadedBackend>>>)>>;
@@ -575,13 +610,15 @@ pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
         None => return Ok(None),
         Some(spec) => {
             let location = resolve(spec, &config.plugins_dir, &config.base_dir)?;
-            let options = config.backend_options(&location.name);
+            // Every backend section: which one the plugin reads is known
+            // only once it is loaded (its own name).
+            let options = (&config.backends, &config.backend_env);
             let pin = config.state_backend_sha256.as_deref().unwrap_or("none");
             // The options by digest: their values may be secrets, and this
             // text ends up in an error message.
             let digest = {
                 use sha2::Digest;
-                let text = format!("{} {:?}", options.table, options.env_keys);
+                let text = format!("{:?}", options);
                 let hash = sha2::Sha256::digest(text.as_bytes());
                 hash[..6]
                     .iter()

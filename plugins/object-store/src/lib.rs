@@ -319,11 +319,20 @@ impl PathStore for ObjectStoreBackend {
 
     fn remove(&self, relative: &str) -> Result<bool, BackendError> {
         let location = self.location(relative)?;
+        // Most stores answer a delete of a missing object with success: ask
+        // first, so that what is reported removed was there (gc counts it).
+        match self.run(
+            format_args!("looking up {location}"),
+            self.store.head(&location),
+        ) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        }
         match self.run(
             format_args!("deleting {location}"),
             self.store.delete(&location),
         ) {
-            // Most stores do not say whether the object was there.
             Ok(()) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),

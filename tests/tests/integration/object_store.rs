@@ -57,12 +57,34 @@ fn file_urls_through_the_so() {
     );
 }
 
+/// gc counts the objects a delete reports removed: a delete of an object
+/// that is not there must say so, though most stores answer it with
+/// success.
+fn deletes_report_what_was_there(options: Value) {
+    let backend = load(options);
+    let scope = TaskScope::new("count", "run", "t", -1).unwrap();
+    let at = StateKey::task(&scope, "k");
+    let Serialized::Reference(r) = backend.serialize(at, write_id(), "1").unwrap() else {
+        panic!("stored inline")
+    };
+    assert!(backend.delete_object(&r, Some(at)).unwrap(), "it was there");
+    assert!(!backend.delete_object(&r, Some(at)).unwrap(), "it was gone");
+}
+
+#[test]
+fn a_delete_of_a_missing_object_reports_nothing_removed() {
+    deletes_report_what_was_there(json!({"url": "memory://"}));
+    let dir = tempfile::tempdir().unwrap();
+    deletes_report_what_was_there(json!({"url": format!("file://{}/o", dir.path().display())}));
+}
+
 #[test]
 #[ignore = "needs moto: set STATEHOST_TEST_S3 to moto_server and run with --include-ignored"]
 fn s3_against_moto() {
     let moto = require_env("STATEHOST_TEST_S3");
     let (_server, port) = start_moto(&moto, "statehost-test");
     run_suite(statehost_tests::moto_options(port, "statehost-test"), true);
+    deletes_report_what_was_there(statehost_tests::moto_options(port, "statehost-test"));
 }
 
 const AZURITE_ACCOUNT: &str = "devstoreaccount1";

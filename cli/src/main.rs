@@ -44,8 +44,23 @@ fn usage(e: clap::Error) -> ExitCode {
         }
     };
     if e.use_stderr() {
-        let text = render(std::io::stderr().is_terminal());
-        let _ = std::io::stderr().write_all(text.as_bytes());
+        // One line, as every other error: clap's message and what it
+        // lists, without the usage block (`--help` has it).
+        let text = e.render().to_string();
+        let mut line = String::new();
+        for part in text.lines().map(str::trim) {
+            if part.is_empty()
+                || part.starts_with("Usage:")
+                || part.starts_with("For more information")
+            {
+                continue;
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(part);
+        }
+        output::err_line(format_args!("{line}; see --help"));
         return ExitCode::from(code::BAD_INPUT);
     }
     let text = render(std::io::stdout().is_terminal());

@@ -90,23 +90,43 @@ pub fn one_line(text: &str) -> String {
         if i > 0 {
             out.push_str("; ");
         }
-        for c in line.chars() {
-            if c.is_control() && c != '\t' {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
+        escape_into(&mut out, line);
     }
     out
+}
+
+/// Appends `text` with its control characters (but tabs) escaped.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
 }
 
 /// Writes a line on stderr; a stderr that cannot be written is ignored
 /// (there is nowhere left to complain).
 pub fn err_line(args: fmt::Arguments<'_>) {
     let mut err = io::stderr().lock();
-    let _ = err.write_fmt(args);
+    let _ = err.write_all(escaped(args).as_bytes());
     let _ = err.write_all(b"\n");
+}
+
+/// A line for a terminal: control characters (a newline or an escape
+/// sequence in a path or a key) are written escaped, never raw.
+fn escaped(args: fmt::Arguments<'_>) -> std::borrow::Cow<'static, str> {
+    let text = match args.as_str() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(args.to_string()),
+    };
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    escape_into(&mut out, &text);
+    std::borrow::Cow::Owned(out)
 }
 
 /// Standard output, with every write checked.
@@ -124,7 +144,7 @@ impl Out {
 
     /// Writes one line.
     pub fn line(&mut self, args: fmt::Arguments<'_>) -> io::Result<()> {
-        self.inner.write_fmt(args)?;
+        self.inner.write_all(escaped(args).as_bytes())?;
         self.inner.write_all(b"\n")
     }
 
@@ -147,10 +167,15 @@ macro_rules! say {
     ($out:expr, $($arg:tt)*) => { $out.line(format_args!($($arg)*)) };
 }
 
-/// A time as RFC 3339 (UTC, milliseconds).
+/// The first millisecond RFC 3339 cannot write (year 10000).
+const RFC3339_END_MS: u64 = 253_402_300_800_000;
+
+/// A time as RFC 3339 (UTC, milliseconds); one outside years 1970 to 9999
+/// (only a tampered row holds one) as milliseconds since the epoch.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
     let time = u64::try_from(unix_ms)
         .ok()
+        .filter(|ms| *ms < RFC3339_END_MS)
         .and_then(|ms| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)));
     match time {
         Some(t) => humantime::format_rfc3339_millis(t).to_string(),
@@ -166,6 +191,20 @@ mod tests {
     fn times_print_as_rfc3339() {
         assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339_ms(1_764_495_000_123), "2025-11-30T09:30:00.123Z");
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        for odd in [253_402_300_800_000, i64::MAX, -1, i64::MIN] {
+            assert_eq!(rfc3339_ms(odd), format!("{odd} ms since the epoch"));
+        }
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let path = "/tmp/a\nb\u{1b}[31m";
+        assert_eq!(
+            escaped(format_args!("at {path}\tok")),
+            "at /tmp/a\\nb\\u{1b}[31m\tok"
+        );
+        assert_eq!(escaped(format_args!("plain")), "plain");
     }
 
     #[test]

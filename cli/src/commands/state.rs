@@ -2,7 +2,6 @@
 //! keys.
 
 use std::io::Read;
-use std::time::Duration;
 
 use serde_json::Value;
 use statehost::api::{AssetScope, TaskScope};
@@ -12,6 +11,9 @@ use statehost::{Retention, StateHost};
 use crate::args::{AssetAction, AssetArgs, TaskAction, TaskArgs};
 use crate::output::{Failure, Out, Outcome};
 use crate::say;
+
+/// How deep the JSON parser goes before it stops (serde_json's limit).
+const MAX_JSON_DEPTH: usize = 128;
 
 /// `VALUE` as JSON; `-` reads it from stdin.
 fn parse_value(text: &str) -> Result<Value, Failure> {
@@ -25,6 +27,13 @@ fn parse_value(text: &str) -> Result<Value, Failure> {
         text.to_string()
     };
     serde_json::from_str(&text).map_err(|e| {
+        // The parser stops at a fixed depth (a stack guard), which is not a
+        // syntax mistake: say so, and what to do.
+        if e.to_string().starts_with("recursion limit exceeded") {
+            return Failure::Input(format!(
+                "VALUE nests arrays and objects deeper than {MAX_JSON_DEPTH} levels; store a flatter value"
+            ));
+        }
         Failure::Input(format!(
             "VALUE is not JSON ({e}); quote strings as JSON, e.g. '\"text\"'"
         ))
@@ -40,43 +49,64 @@ fn print_value(value: Option<Value>, out: &mut Out) -> Outcome {
     }
 }
 
-/// Reads need an existing database; writes create one.
+/// Reads open an existing database read-only (a mistyped path creates
+/// nothing, and a read-only database still reads); writes create one.
 fn open(config: &Config, only_reads: bool) -> Result<StateHost, Failure> {
     Ok(if only_reads {
-        StateHost::open_existing(config)?
+        StateHost::open_read_only(config)?
     } else {
         StateHost::open(config)?
     })
+}
+
+/// What a `set` writes, checked before anything is opened.
+struct Write {
+    key: String,
+    value: Value,
+    retention: Retention,
+}
+
+fn checked_key(key: &str) -> Result<(), Failure> {
+    statehost::api::validate_key(key).map_err(|e| Failure::Input(e.message().to_string()))
 }
 
 /// `statehost task-state ...`
 pub fn task(config: &Config, task: TaskArgs, action: TaskAction, out: &mut Out) -> Outcome {
     let scope = TaskScope::new(task.dag_id, task.run_id, task.task_id, task.map_index)
         .map_err(|e| Failure::Input(format!("task-state: {}", e.message())))?;
-    // Check the value before opening anything.
-    let value = match &action {
-        TaskAction::Set { value, .. } => Some(parse_value(value)?),
-        _ => None,
+    // Every input is checked before anything is opened (or created).
+    let write = match &action {
+        TaskAction::Set {
+            key,
+            value,
+            retention_days,
+            never_expire,
+        } => {
+            checked_key(key)?;
+            let retention = match (retention_days, never_expire) {
+                (_, true) => Retention::Never,
+                (Some(days), false) => Retention::days(*days)?,
+                (None, false) => Retention::Default,
+            };
+            Some(Write {
+                key: key.clone(),
+                value: parse_value(value)?,
+                retention,
+            })
+        }
+        TaskAction::Get { key } | TaskAction::Delete { key } => {
+            checked_key(key)?;
+            None
+        }
+        TaskAction::Clear { .. } => None,
     };
     let host = open(config, matches!(action, TaskAction::Get { .. }))?;
     let state = host.task_state(scope);
     match action {
         TaskAction::Get { key } => print_value(state.get(&key)?, out),
-        TaskAction::Set {
-            key,
-            retention_days,
-            never_expire,
-            ..
-        } => {
-            let retention = match (retention_days, never_expire) {
-                (_, true) => Retention::Never,
-                (Some(days), false) => {
-                    Retention::For(Duration::from_secs(days.saturating_mul(86_400)))
-                }
-                (None, false) => Retention::Default,
-            };
-            let value = value.expect("parsed above");
-            Ok(state.set_with_retention(&key, &value, retention)?)
+        TaskAction::Set { .. } => {
+            let w = write.expect("checked above");
+            Ok(state.set_with_retention(&w.key, &w.value, w.retention)?)
         }
         TaskAction::Delete { key } => Ok(state.delete(&key)?),
         TaskAction::Clear { all_map_indices } => Ok(state.clear(all_map_indices)?),
@@ -88,14 +118,21 @@ pub fn asset(config: &Config, asset: AssetArgs, action: AssetAction, out: &mut O
     let scope = AssetScope::new(asset.name, asset.uri)
         .map_err(|e| Failure::Input(format!("asset-state: {}", e.message())))?;
     let value = match &action {
-        AssetAction::Set { value, .. } => Some(parse_value(value)?),
-        _ => None,
+        AssetAction::Set { key, value } => {
+            checked_key(key)?;
+            Some(parse_value(value)?)
+        }
+        AssetAction::Get { key } | AssetAction::Delete { key } => {
+            checked_key(key)?;
+            None
+        }
+        AssetAction::Clear => None,
     };
     let host = open(config, matches!(action, AssetAction::Get { .. }))?;
     let state = host.asset_state(&scope)?;
     match action {
         AssetAction::Get { key } => print_value(state.get(&key)?, out),
-        AssetAction::Set { key, .. } => Ok(state.set(&key, &value.expect("parsed above"))?),
+        AssetAction::Set { key, .. } => Ok(state.set(&key, &value.expect("checked above"))?),
         AssetAction::Delete { key } => Ok(state.delete(&key)?),
         AssetAction::Clear => Ok(state.clear()?),
     }

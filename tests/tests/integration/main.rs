@@ -9,6 +9,7 @@
 //! variable fails the test instead of skipping it.
 
 mod author_kit;
+mod bad_input;
 mod cli;
 mod defects;
 mod durability;

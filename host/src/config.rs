@@ -381,6 +381,12 @@ fn resolve(
             crate::state::MAX_RETENTION_DAYS
         )));
     }
+    if orphan_grace > crate::state::MAX_RETENTION {
+        return Err(bad(format!(
+            "[state_store] orphan_grace = {} is longer than the 1000 years the store can count; give a shorter grace (objects are collected only after it)",
+            humantime::format_duration(orphan_grace)
+        )));
+    }
     if orphan_grace < Duration::from_secs(1) {
         return Err(bad(format!(
             "[state_store] orphan_grace = {} is too short: a write's row must land within half of it; give at least 1s",

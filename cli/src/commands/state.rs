@@ -12,9 +12,6 @@ use crate::args::{AssetAction, AssetArgs, TaskAction, TaskArgs};
 use crate::output::{Failure, Out, Outcome};
 use crate::say;
 
-/// How deep the JSON parser goes before it stops (serde_json's limit).
-const MAX_JSON_DEPTH: usize = 128;
-
 /// `VALUE` as JSON; `-` reads it from stdin.
 fn parse_value(text: &str) -> Result<Value, Failure> {
     let text = if text == "-" {
@@ -26,17 +23,11 @@ fn parse_value(text: &str) -> Result<Value, Failure> {
     } else {
         text.to_string()
     };
-    serde_json::from_str(&text).map_err(|e| {
-        // The parser stops at a fixed depth (a stack guard), which is not a
-        // syntax mistake: say so, and what to do.
-        if e.to_string().starts_with("recursion limit exceeded") {
-            return Failure::Input(format!(
-                "VALUE nests arrays and objects deeper than {MAX_JSON_DEPTH} levels; store a flatter value"
-            ));
+    statehost::state::parse_value(&text).map_err(|e| match e {
+        statehost::Error::InvalidInput { message } => {
+            Failure::Input(message.replacen("the value", "VALUE", 1))
         }
-        Failure::Input(format!(
-            "VALUE is not JSON ({e}); quote strings as JSON, e.g. '\"text\"'"
-        ))
+        other => other.into(),
     })
 }
 
@@ -49,13 +40,23 @@ fn print_value(value: Option<Value>, out: &mut Out) -> Outcome {
     }
 }
 
-/// Reads open an existing database read-only (a mistyped path creates
-/// nothing, and a read-only database still reads); writes create one.
-fn open(config: &Config, only_reads: bool) -> Result<StateHost, Failure> {
-    Ok(if only_reads {
-        StateHost::open_read_only(config)?
-    } else {
-        StateHost::open(config)?
+/// What a command does to the database, which decides how it is opened.
+enum Access {
+    /// Reads only: an existing database, opened read-only (a mistyped
+    /// path creates nothing, and a read-only database still reads).
+    Read,
+    /// Deletes: an existing database (there is nothing to delete in a new
+    /// one, and a mistyped path must not create it).
+    Delete,
+    /// Writes: the database is created if it is not there.
+    Write,
+}
+
+fn open(config: &Config, access: Access) -> Result<StateHost, Failure> {
+    Ok(match access {
+        Access::Read => StateHost::open_read_only(config)?,
+        Access::Delete => StateHost::open_existing(config)?,
+        Access::Write => StateHost::open(config)?,
     })
 }
 
@@ -100,7 +101,14 @@ pub fn task(config: &Config, task: TaskArgs, action: TaskAction, out: &mut Out) 
         }
         TaskAction::Clear { .. } => None,
     };
-    let host = open(config, matches!(action, TaskAction::Get { .. }))?;
+    let host = open(
+        config,
+        match action {
+            TaskAction::Get { .. } => Access::Read,
+            TaskAction::Set { .. } => Access::Write,
+            TaskAction::Delete { .. } | TaskAction::Clear { .. } => Access::Delete,
+        },
+    )?;
     let state = host.task_state(scope);
     match action {
         TaskAction::Get { key } => print_value(state.get(&key)?, out),
@@ -128,7 +136,14 @@ pub fn asset(config: &Config, asset: AssetArgs, action: AssetAction, out: &mut O
         }
         AssetAction::Clear => None,
     };
-    let host = open(config, matches!(action, AssetAction::Get { .. }))?;
+    let host = open(
+        config,
+        match action {
+            AssetAction::Get { .. } => Access::Read,
+            AssetAction::Set { .. } => Access::Write,
+            AssetAction::Delete { .. } | AssetAction::Clear => Access::Delete,
+        },
+    )?;
     let state = host.asset_state(&scope)?;
     match action {
         AssetAction::Get { key } => print_value(state.get(&key)?, out),

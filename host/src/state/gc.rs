@@ -38,9 +38,11 @@ pub struct GcReport {
     /// a dry run or when the backend cannot sweep.
     pub swept: Option<usize>,
     /// Rows that could not be read (damaged, or written by something
-    /// else), each named in a warning. An expired one is removed, but
-    /// nothing it may point at is deleted because of it; while any row's
-    /// stored text cannot be read, no orphan is collected.
+    /// else), each named in a warning. An expired one is removed (with a
+    /// 1.x backend, left), but no object is deleted on its account: what
+    /// it pointed at is then like any object no row references, collected
+    /// by the orphan pass after the grace. While any row's stored text
+    /// cannot be read, no orphan is collected at all.
     pub unreadable_rows: usize,
     /// Why orphans were not collected although the backend can list.
     pub orphans_skipped: Option<String>,
@@ -58,9 +60,15 @@ pub(super) fn run(
     };
     if dry_run {
         let expired = inner.store.expired_task_rows(usize::MAX)?;
-        warn_unreadable(&expired.unreadable, "would remove it (it is expired)");
         report.unreadable_rows += expired.unreadable.len();
-        report.expired_rows = expired.rows.len() + expired.unreadable.len();
+        report.expired_rows = expired.rows.len();
+        // A 1.x backend's expiry goes key by key and leaves such rows.
+        if inner.legacy.is_some() {
+            warn_unreadable(&expired.unreadable, "would leave it (it is expired)");
+        } else {
+            warn_unreadable(&expired.unreadable, "would remove it (it is expired)");
+            report.expired_rows += expired.unreadable.len();
+        }
         if inner.calls().is_some() {
             report.objects = expired
                 .rows
@@ -167,7 +175,9 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<std::result::Result<usize,
     if !dry_run {
         inner.store.sync()?;
     }
-    let grace_ms = inner.settings.orphan_grace.as_millis() as i64;
+    // Saturating: a grace too long to count collects nothing, never the
+    // young objects a wrapped (negative) one would.
+    let grace_ms = i64::try_from(inner.settings.orphan_grace.as_millis()).unwrap_or(i64::MAX);
     let now = SystemTime::now();
     let (mut count, mut failed, mut first_error) = (0, 0, None);
     for object in listed {
@@ -176,7 +186,7 @@ fn orphans(host: &StateHost, dry_run: bool) -> Result<std::result::Result<usize,
         }
         let old_enough = match (object.write_id, object.modified) {
             // By the write id, on the database's clock.
-            (Some(id), _) => t0 - id.unix_ms() as i64 > grace_ms,
+            (Some(id), _) => t0.saturating_sub(id.unix_ms() as i64) > grace_ms,
             // Objects of 1.x backends carry no write id: by the storage's
             // modification time.
             (None, Some(modified)) => now

@@ -41,10 +41,12 @@ pub mod envelope;
 mod gc;
 mod legacy;
 mod task;
+mod value;
 
 pub use asset::{AssetState, AssetStates};
 pub use gc::GcReport;
 pub use task::{MAX_RETENTION, MAX_RETENTION_DAYS, Retention, TaskState};
+pub use value::{MAX_JSON_DEPTH, parse_value};
 
 use envelope::Stored;
 
@@ -63,7 +65,7 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or_default()
     }
 }
@@ -144,11 +146,29 @@ pub fn open_existing_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
     open_store(config)
 }
 
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgresql://") || url.starts_with("postgres://")
+}
+
+/// How long a PostgreSQL statement may stall (a lock held too long) before
+/// it fails rather than committing a fenced write late.
+#[cfg(feature = "postgres")]
+fn statement_timeout(config: &Config) -> Duration {
+    (config.state_store.orphan_grace / 4).min(Duration::from_secs(30))
+}
+
 /// Opens the store named by `[database] url` for reading: a SQLite file is
 /// opened read-only (nothing is created or changed, and a database this
 /// process may not write still reads); a missing one is an
 /// [`Error::NoDatabase`]. For `get`, `rows`, `gc --dry-run` and `check`.
 pub fn open_read_only_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
+    #[cfg(feature = "postgres")]
+    if is_postgres_url(&config.database_url) {
+        return Ok(Arc::new(crate::store::PostgresStore::open_read_only(
+            &config.database_url,
+            statement_timeout(config),
+        )?));
+    }
     match crate::store::SqliteLocation::parse(&config.database_url, &config.base_dir) {
         Ok(crate::store::SqliteLocation::File(path)) => {
             if !path.exists() {
@@ -169,19 +189,12 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn MetadataStore>> {
     if config.database_url == "memory://" {
         return Ok(Arc::new(crate::store::MemoryStore::new()));
     }
-    if config.database_url.starts_with("postgresql://")
-        || config.database_url.starts_with("postgres://")
-    {
+    if is_postgres_url(&config.database_url) {
         #[cfg(feature = "postgres")]
-        {
-            // A statement stalled longer than this (a lock held too long)
-            // fails rather than committing a fenced write late.
-            let timeout = (config.state_store.orphan_grace / 4).min(Duration::from_secs(30));
-            return Ok(Arc::new(crate::store::PostgresStore::open(
-                &config.database_url,
-                timeout,
-            )?));
-        }
+        return Ok(Arc::new(crate::store::PostgresStore::open(
+            &config.database_url,
+            statement_timeout(config),
+        )?));
         #[cfg(not(feature = "postgres"))]
         return Err(Error::Config {
             source_name: "[database] url".to_string(),
@@ -496,7 +509,7 @@ impl Inner {
 
     /// How long after its write id a write's row may still land.
     pub(crate) fn fence_max_age_ms(&self) -> i64 {
-        (self.settings.orphan_grace / 2).as_millis() as i64
+        i64::try_from((self.settings.orphan_grace / 2).as_millis()).unwrap_or(i64::MAX)
     }
 
     pub(crate) fn check_key(key: &str) -> Result<()> {
@@ -520,7 +533,9 @@ impl Inner {
                 ),
             });
         }
-        Ok(value.to_string())
+        let text = value.to_string();
+        value::check_round_trip(value, &text)?;
+        Ok(text)
     }
 
     fn check_inline_size(&self, text: &str, at: StateKey<'_>) -> Result<()> {
@@ -657,15 +672,17 @@ impl Inner {
                 },
                 Err(e) => return Err(backend_error(calls.name(), "read", &at.scope, at.key, e)),
             };
-            return parse_value(bytes.as_bytes()).map(Some).map_err(|message| {
-                backend_error(
-                    calls.name(),
-                    "read",
-                    &at.scope,
-                    at.key,
-                    BackendError::invalid_input(message),
-                )
-            });
+            return parse_backend_value(bytes.as_bytes())
+                .map(Some)
+                .map_err(|message| {
+                    backend_error(
+                        calls.name(),
+                        "read",
+                        &at.scope,
+                        at.key,
+                        BackendError::invalid_input(message),
+                    )
+                });
         }
         Err(Error::Store {
             message: format!(
@@ -839,7 +856,7 @@ impl Inner {
 
 /// Parses a value's JSON from bytes (checking UTF-8 too: a plugin can hand
 /// over anything).
-pub(crate) fn parse_value(bytes: &[u8]) -> std::result::Result<Value, String> {
+pub(crate) fn parse_backend_value(bytes: &[u8]) -> std::result::Result<Value, String> {
     serde_json::from_slice::<Value>(bytes).map_err(|e| {
         if std::str::from_utf8(bytes).is_err() {
             "it returned bytes that are not UTF-8".to_string()

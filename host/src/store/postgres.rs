@@ -184,6 +184,9 @@ pub struct PostgresStore {
     display: String,
     statement_timeout: Duration,
     pool: Mutex<Vec<Conn>>,
+    /// Opened for reading only: no schema is written, and every
+    /// transaction is read-only.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -334,6 +337,16 @@ impl PostgresStore {
     /// lock). Statements that wait longer than `statement_timeout` (for a
     /// lock, say) fail without applying anything.
     pub fn open(url: &str, statement_timeout: Duration) -> Result<PostgresStore> {
+        PostgresStore::open_with(url, statement_timeout, false)
+    }
+
+    /// Opens an existing statehost database for reading only: nothing is
+    /// created or upgraded, and the server refuses any write.
+    pub fn open_read_only(url: &str, statement_timeout: Duration) -> Result<PostgresStore> {
+        PostgresStore::open_with(url, statement_timeout, true)
+    }
+
+    fn open_with(url: &str, statement_timeout: Duration, read_only: bool) -> Result<PostgresStore> {
         let display = redact(url);
         let super::tls::PgConnect { mut config, tls } =
             super::tls::parse(url).map_err(|e| Error::Config {
@@ -349,6 +362,7 @@ impl PostgresStore {
             display,
             statement_timeout,
             pool: Mutex::new(Vec::new()),
+            read_only,
         };
         let mut conn = store.connect()?;
         store.migrate(&mut conn.client)?;
@@ -375,7 +389,12 @@ impl PostgresStore {
         let timeout = self.statement_timeout.as_millis().max(1);
         client
             .batch_execute(&format!(
-                "SET statement_timeout = {timeout}; SET idle_in_transaction_session_timeout = {timeout}"
+                "SET statement_timeout = {timeout}; SET idle_in_transaction_session_timeout = {timeout}{}",
+                if self.read_only {
+                    "; SET default_transaction_read_only = on"
+                } else {
+                    ""
+                }
             ))
             .map_err(|e| self.error("setting the statement timeout", &e))?;
         Ok(Conn {
@@ -421,6 +440,14 @@ impl PostgresStore {
                 .map(|r| r.get(0));
             match version.as_deref().map(str::parse::<i64>) {
                 Some(Ok(SCHEMA_VERSION)) => {}
+                Some(Ok(1)) if self.read_only => {
+                    return Err(Error::Store {
+                        message: format!(
+                            "{} has statehost schema version 1, which a write upgrades to {SCHEMA_VERSION}; this command only reads: run a write (or `statehost check` with write access) first",
+                            self.display
+                        ),
+                    });
+                }
                 Some(Ok(1)) => {
                     tx.batch_execute(UPGRADE_FROM_1).map_err(err)?;
                     tx.execute(
@@ -442,10 +469,23 @@ impl PostgresStore {
                     });
                 }
             }
-        } else if has(&mut tx, "task_state")? {
+        } else if let Some(table) = ["task_state", "asset", "asset_state"]
+            .into_iter()
+            .map(|t| has(&mut tx, t).map(|found| found.then_some(t)))
+            .find_map(|r| r.transpose())
+            .transpose()?
+        {
+            // Airflow's own database has an `asset` table, for one.
             return Err(Error::Store {
                 message: format!(
-                    "{} holds a task_state table that statehost did not create (no statehost_meta); use another database or schema (?options=-csearch_path%3Dmyschema)",
+                    "{} holds a {table} table that statehost did not create (no statehost_meta); use another database or schema (?options=-csearch_path%3Dmyschema)",
+                    self.display
+                ),
+            });
+        } else if self.read_only {
+            return Err(Error::Store {
+                message: format!(
+                    "{} holds no statehost tables: nothing was ever stored in it; point [database] url at the database the workers use",
                     self.display
                 ),
             });

@@ -229,10 +229,27 @@ impl SqliteStore {
         match probe(&conn) {
             Ok(_) => Ok(conn),
             Err(e) if matches!(code(&e), Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly)) => {
+                // Immutable means "read the main file alone": right only
+                // when no committed write waits in the WAL.
+                let wal = {
+                    let mut name = path.as_os_str().to_owned();
+                    name.push("-wal");
+                    PathBuf::from(name)
+                };
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(self.error(
+                        "opening read-only",
+                        format!(
+                            "its write-ahead log {} holds commits, and reading them needs a {}-shm file this process cannot create; read it as a user who may write the directory, or let a writer checkpoint it",
+                            wal.display(),
+                            path.display()
+                        ),
+                    ));
+                }
                 let uri = format!(
                     "file:{}?immutable=1",
-                    percent_encoding::utf8_percent_encode(
-                        &path.to_string_lossy(),
+                    percent_encoding::percent_encode(
+                        path.as_os_str().as_encoded_bytes(),
                         percent_encoding::NON_ALPHANUMERIC
                     )
                     .to_string()

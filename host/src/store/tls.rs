@@ -78,6 +78,12 @@ pub fn parse(url: &str) -> Result<PgConnect, String> {
     let mut config: postgres::Config = rest
         .parse()
         .map_err(|e| format!("not a PostgreSQL URL ({})", error_line(&e)))?;
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        return Err(
+            "names no host; write postgresql://USER@HOST[:PORT]/DATABASE (or ?host=/run/postgresql for a Unix socket)"
+                .to_string(),
+        );
+    }
     let mut mode = Mode::resolve(wanted.sslmode.as_deref(), wanted.rootcert.as_deref())?;
 
     // libpq never uses TLS on a Unix socket, whatever sslmode says; to

@@ -112,10 +112,23 @@ impl FsBackend {
         }
         let tree = Tree::open(&root, fsync).map_err(|e| {
             config(format!(
-                "{}: cannot create or open it ({e}); point root at a writable directory",
+                "{}: cannot open it ({e}); point root at a writable directory",
                 root.display()
             ))
         })?;
+        // A missing root is made by the first write (reading creates
+        // nothing); what would hold it must be a directory.
+        if let Some(blocker) = root
+            .ancestors()
+            .find(|p| p.symlink_metadata().is_ok())
+            .filter(|p| !p.is_dir())
+        {
+            return Err(config(format!(
+                "{}: cannot be created, {} is not a directory; point root at a writable directory",
+                root.display(),
+                blocker.display()
+            )));
+        }
         let canonical = std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone());
         if canonical.parent().is_none() {
             return Err(config(format!(

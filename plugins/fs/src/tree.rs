@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fd::{AsFd, OwnedFd};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
@@ -49,7 +50,9 @@ fn errno(e: Errno) -> io::Error {
 #[derive(Debug)]
 pub struct Tree {
     root: PathBuf,
-    fd: OwnedFd,
+    /// The root, opened; empty while the root does not exist (it is made
+    /// by the first write, so that reading never creates anything).
+    fd: OnceLock<OwnedFd>,
     fsync: bool,
     /// Never use `openat2` (tests of the component walk).
     walk_only: bool,
@@ -99,22 +102,38 @@ pub fn is_temp_name(name: &[u8]) -> bool {
 }
 
 impl Tree {
-    /// Opens the root (created if missing). The root's own path is the
-    /// operator's and may contain links; below it, none is followed.
+    /// Opens the root, if it exists; a missing one is made by the first
+    /// write. The root's own path is the operator's and may contain
+    /// links; below it, none is followed.
     pub fn open(root: &Path, fsync: bool) -> io::Result<Tree> {
-        std::fs::create_dir_all(root)?;
-        let fd = rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(errno)?;
-        Ok(Tree {
+        let tree = Tree {
             root: root.to_path_buf(),
-            fd,
+            fd: OnceLock::new(),
             fsync,
             walk_only: false,
-        })
+        };
+        tree.root_fd(false)?;
+        Ok(tree)
+    }
+
+    /// The root's descriptor: `None` when it does not exist and `create`
+    /// is false.
+    fn root_fd(&self, create: bool) -> io::Result<Option<&OwnedFd>> {
+        if let Some(fd) = self.fd.get() {
+            return Ok(Some(fd));
+        }
+        if create {
+            std::fs::create_dir_all(&self.root)?;
+        }
+        match rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(Some(self.fd.get_or_init(|| fd))),
+            Err(Errno::NOENT) if !create => Ok(None),
+            Err(e) => Err(errno(e)),
+        }
     }
 
     /// Opens every path one component at a time, as on kernels without
@@ -144,13 +163,19 @@ impl Tree {
         if self.walk_only || UNAVAILABLE.load(Ordering::Relaxed) {
             return None;
         }
+        // No root yet: nothing below it either.
+        let root = match self.root_fd(false) {
+            Ok(Some(root)) => root,
+            Ok(None) => return Some(Err(Errno::NOENT)),
+            Err(_) => return None,
+        };
         let path = if parts.is_empty() {
             ".".to_string()
         } else {
             parts.join("/")
         };
         match rustix::fs::openat2(
-            &self.fd,
+            root,
             path.as_str(),
             flags,
             Mode::empty(),
@@ -179,8 +204,10 @@ impl Tree {
             Some(Err(Errno::NOENT)) | None => {}
             Some(Err(e)) => return Err(errno(e)),
         }
-        let mut dir =
-            rustix::fs::openat(&self.fd, ".", dir_flags(), Mode::empty()).map_err(errno)?;
+        let Some(root) = self.root_fd(create)? else {
+            return Err(errno(Errno::NOENT));
+        };
+        let mut dir = rustix::fs::openat(root, ".", dir_flags(), Mode::empty()).map_err(errno)?;
         for (i, part) in parts.iter().enumerate() {
             let next = match rustix::fs::openat(&dir, *part, dir_flags(), Mode::empty()) {
                 Err(Errno::NOENT) if create => {

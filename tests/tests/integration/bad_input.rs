@@ -374,6 +374,26 @@ fn cases() -> Vec<Case> {
         )
         .config("[database]\nurl = \"postgresql://u@127.0.0.1/db?connect_timeout=abc\"\n"),
         case(
+            "a PostgreSQL URL without a host",
+            vec!["rows".into()],
+            2,
+            &["[database] url", "names no host"],
+        )
+        .config("[database]\nurl = \"postgresql://\"\n"),
+        case(
+            "an orphan grace too long to count",
+            vec!["gc".into()],
+            2,
+            &["orphan_grace", "1000 years"],
+        )
+        .env("STATEHOST__STATE_STORE__ORPHAN_GRACE", "18446744073709551615"),
+        case(
+            "a value with the JSON library's number key",
+            task_args(&["set", "k", r#"{"$serde_json::private::Number":"12"}"#]),
+            2,
+            &["VALUE holds an object with the key", "rename that key"],
+        ),
+        case(
             "a PostgreSQL host that does not resolve",
             vec!["rows".into()],
             3,
@@ -753,37 +773,230 @@ fn a_read_only_database_can_be_read() {
     let sandbox = seeded();
     let (rows_before, _) = ok(&sandbox, &["rows".into()], &[]);
     let before = snapshot(sandbox.path());
-    // Root may write anything: read as an unprivileged user when root.
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mode = |path: &Path, mode: u32| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    };
-    mode(sandbox.path(), 0o755);
-    mode(&sandbox.path().join("db"), 0o555);
-    mode(&sandbox.path().join("db/meta.db"), 0o444);
-    let reading = |args: &[&str]| {
-        let mut command = if as_root {
-            let mut c = std::process::Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-            c.arg(&statehost_tests::artifacts().statehost);
-            c
-        } else {
-            std::process::Command::new(&statehost_tests::artifacts().statehost)
-        };
-        command
-            .current_dir(sandbox.path())
-            .arg("--config")
-            .arg(sandbox.path().join("statehost.toml"))
-            .args(args);
-        command.output().unwrap()
-    };
-    let output = reading(&["rows"]);
+    let output = read_only_run(&sandbox, &["rows".into()]);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert_eq!(stdout, rows_before);
-    let output = reading(&["gc", "--dry-run"]);
+    let output = read_only_run(&sandbox, &["gc".into(), "--dry-run".into()]);
     assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
-    mode(&sandbox.path().join("db"), 0o755);
     assert_eq!(snapshot(sandbox.path()), before);
+}
+
+/// The number of files below `root` (0 when it does not exist).
+fn files(root: &Path) -> usize {
+    std::fs::read_dir(root).map_or(0, |entries| {
+        entries
+            .map(|e| e.unwrap().path())
+            .map(|p| if p.is_dir() { files(&p) } else { 1 })
+            .sum()
+    })
+}
+
+#[test]
+fn a_grace_too_long_to_count_is_refused_not_wrapped() {
+    let sandbox = seeded();
+    // An object whose row has not landed yet: seconds old.
+    rusqlite::Connection::open(sandbox.path().join("db/meta.db"))
+        .unwrap()
+        .execute("DELETE FROM task_state WHERE key = 'big'", [])
+        .unwrap();
+    let objects = files(&sandbox.path().join("objects"));
+    assert!(objects > 0);
+    for grace in ["18446744073709551615", "300000000000"] {
+        let env = [(
+            "STATEHOST__STATE_STORE__ORPHAN_GRACE",
+            OsString::from(grace),
+        )];
+        let output = run(&sandbox, &["gc".into()], &env);
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("orphan_grace"), "{stderr}");
+        assert_eq!(files(&sandbox.path().join("objects")), objects);
+    }
+}
+
+#[test]
+fn a_read_only_read_refuses_a_wal_it_cannot_read() {
+    // Values kept in the database, so the WAL holds the newer one.
+    let sandbox = seeded();
+    sandbox.config(&BASE.replace(
+        "root = \"objects\"",
+        "root = \"objects\"\ninline_threshold_bytes = 100000",
+    ));
+    ok(&sandbox, &task_args(&["set", "w", "\"old\""]), &[]);
+    let db_dir = sandbox.path().join("db");
+    let writer = rusqlite::Connection::open(db_dir.join("meta.db")).unwrap();
+    writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    writer
+        .execute(
+            "UPDATE task_state SET value = '\"new\"' WHERE key = 'w'",
+            [],
+        )
+        .unwrap();
+    // Closed without a checkpoint, as a writer that died would leave it.
+    std::mem::forget(writer);
+    std::fs::remove_file(db_dir.join("meta.db-shm")).unwrap();
+    let output = read_only_run(&sandbox, &task_args(&["get", "w"]));
+    let (stdout, stderr) = text(&output);
+    assert_ne!(stdout.trim(), "\"old\"", "a committed write was ignored");
+    assert_eq!(output.status.code(), Some(3), "{stdout} {stderr}");
+    assert!(stderr.contains("meta.db-wal"), "{stderr}");
+}
+
+/// Runs the binary on the sandbox with its database directory and file
+/// made read-only, as an unprivileged user when this is root (who may
+/// write anything).
+fn read_only_run(sandbox: &Sandbox, args: &[String]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let db_dir = sandbox.path().join("db");
+    mode(sandbox.path(), 0o755);
+    for entry in std::fs::read_dir(&db_dir).unwrap() {
+        mode(&entry.unwrap().path(), 0o444);
+    }
+    mode(&db_dir, 0o555);
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(&statehost_tests::artifacts().statehost);
+        c
+    } else {
+        std::process::Command::new(&statehost_tests::artifacts().statehost)
+    };
+    command
+        .current_dir(sandbox.path())
+        .arg("--config")
+        .arg(sandbox.path().join("statehost.toml"))
+        .args(args);
+    let output = command.output().unwrap();
+    mode(&db_dir, 0o755);
+    output
+}
+
+#[test]
+fn reading_creates_no_backend_root() {
+    let sandbox = seeded();
+    sandbox.config(&BASE.replace("root = \"objects\"", "root = \"fresh/objects\""));
+    for args in [
+        task_args(&["get", "seed"]),
+        asset_args("a", None, &["get", "k"]),
+        vec!["gc".into(), "--dry-run".into()],
+        vec!["check".into()],
+    ] {
+        let output = run(&sandbox, &args, &[]);
+        assert!(output.status.code().is_some(), "{args:?}");
+        assert!(
+            !sandbox.path().join("fresh").exists(),
+            "{args:?} created the backend's root"
+        );
+    }
+    // The first write makes it.
+    ok(&sandbox, &task_args(&["set", "n", "\"x\""]), &[]);
+    assert!(sandbox.path().join("fresh/objects").is_dir());
+}
+
+#[test]
+fn an_object_with_the_json_librarys_number_key_is_refused_not_changed() {
+    let sandbox = seeded();
+    for value in [
+        r#"{"$serde_json::private::Number":"12"}"#,
+        r#"{"a":[{"$serde_json::private::Number" : "x"}]}"#,
+    ] {
+        let output = run(&sandbox, &task_args(&["set", "k", value]), &[]);
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{value}: {stderr}");
+        assert!(stderr.contains("reserves for numbers"), "{stderr}");
+    }
+    // As a string it is a value like any other.
+    let value = r#"["$serde_json::private::Number"]"#;
+    ok(&sandbox, &task_args(&["set", "k", value]), &[]);
+    let (stdout, _) = ok(&sandbox, &task_args(&["get", "k"]), &[]);
+    assert_eq!(stdout.trim(), value);
+}
+
+#[test]
+fn deletes_and_clears_create_no_database() {
+    let sandbox = seeded();
+    sandbox.config(&BASE.replace("sqlite://db/meta.db", "sqlite://typo/meta.db"));
+    for args in [
+        task_args(&["delete", "k"]),
+        task_args(&["clear"]),
+        asset_args("a", None, &["delete", "k"]),
+        asset_args("a", None, &["clear"]),
+    ] {
+        let output = run(&sandbox, &args, &[]);
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("no metadata database"), "{stderr}");
+        assert!(!sandbox.path().join("typo").exists(), "{args:?}");
+    }
+}
+
+/// The tables of `schema`, as PostgreSQL lists them.
+fn pg_tables(client: &mut postgres::Client, schema: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+            &[&schema],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: set STATEHOST_TEST_POSTGRES_URL and run with --include-ignored"]
+fn postgresql_reads_create_nothing_and_a_foreign_asset_table_is_refused() {
+    let base = statehost_tests::require_env("STATEHOST_TEST_POSTGRES_URL");
+    let mut client = postgres::Client::connect(&base, postgres::NoTls).unwrap();
+    let sandbox = seeded();
+    for (tag, foreign) in [
+        ("empty", ""),
+        (
+            "airflow",
+            "CREATE TABLE {s}.asset (id serial PRIMARY KEY, name text, uri text);",
+        ),
+    ] {
+        let schema = format!("statehost_bad_{tag}_{}", std::process::id());
+        client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; {}",
+                foreign.replace("{s}", &schema)
+            ))
+            .unwrap();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+        let before = pg_tables(&mut client, &schema);
+        let env = [("STATEHOST__DATABASE__URL", OsString::from(&url))];
+        for args in [vec!["rows".to_string()], task_args(&["get", "k"])] {
+            let output = run(&sandbox, &args, &env);
+            let (_, stderr) = text(&output);
+            assert_eq!(output.status.code(), Some(3), "{tag} {args:?}: {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        }
+        assert_eq!(
+            pg_tables(&mut client, &schema),
+            before,
+            "{tag}: a read changed the schema"
+        );
+        // A write refuses a database that has someone else's asset table.
+        let output = run(&sandbox, &task_args(&["set", "k", "1"]), &env);
+        let (_, stderr) = text(&output);
+        if foreign.is_empty() {
+            assert_eq!(output.status.code(), Some(0), "{stderr}");
+        } else {
+            assert_eq!(output.status.code(), Some(3), "{stderr}");
+            assert!(
+                stderr.contains("asset table that statehost did not create"),
+                "{stderr}"
+            );
+            assert_eq!(pg_tables(&mut client, &schema), before);
+        }
+        client
+            .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+            .unwrap();
+    }
 }

@@ -210,6 +210,22 @@ fn check_reports_the_loaded_backend() {
         "{stdout}"
     );
     assert!(stdout.contains("capabilities: list, sweep"), "{stdout}");
+    // Checking creates nothing; the first write makes the root, relative
+    // to the config.
+    assert!(!sandbox.path().join("state").exists());
+    let set = [
+        "task-state",
+        "--dag-id",
+        "d",
+        "--run-id",
+        "r",
+        "--task-id",
+        "t",
+        "set",
+        "k",
+        "\"v\"",
+    ];
+    assert!(sandbox.run(&set, &[]).status.success());
     assert!(
         sandbox.path().join("state").is_dir(),
         "root is relative to the config"

@@ -1,0 +1,119 @@
+//! Values as users give them: JSON text parsed with every number's digits
+//! kept, and the one object key that cannot round-trip refused.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// How deep arrays and objects may nest: the JSON parser stops there (a
+/// stack guard).
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// The object key serde_json uses inside to carry a number's text. An
+/// object with it reads back as a number, so a value holding one is
+/// refused rather than changed.
+const NUMBER_KEY: &str = "$serde_json::private::Number";
+
+/// Parses a value's JSON text, keeping every number as written.
+///
+/// ```
+/// let v = statehost::state::parse_value("[18446744073709551616]").unwrap();
+/// assert_eq!(v.to_string(), "[18446744073709551616]");
+/// ```
+pub fn parse_value(text: &str) -> Result<Value> {
+    // Checked in the text: parsing would already have turned such an
+    // object into a number.
+    if text.contains(NUMBER_KEY) && has_number_key_in_text(text) {
+        return Err(number_key_error());
+    }
+    serde_json::from_str(text).map_err(|e| Error::InvalidInput {
+        message: if e.to_string().starts_with("recursion limit exceeded") {
+            format!(
+                "the value nests arrays and objects deeper than {MAX_JSON_DEPTH} levels; store a flatter value"
+            )
+        } else {
+            format!("the value is not JSON ({e}); quote strings as JSON, e.g. '\"text\"'")
+        },
+    })
+}
+
+/// Refuses a value that would not read back as it is: one holding an
+/// object with serde_json's number key. `text` is the value rendered; the
+/// walk runs only when the key appears in it.
+pub(crate) fn check_round_trip(value: &Value, text: &str) -> Result<()> {
+    if text.contains(NUMBER_KEY) && has_number_key(value) {
+        return Err(number_key_error());
+    }
+    Ok(())
+}
+
+fn has_number_key(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.contains_key(NUMBER_KEY) || map.values().any(has_number_key),
+        Value::Array(items) => items.iter().any(has_number_key),
+        _ => false,
+    }
+}
+
+/// Whether the key appears as an object key in JSON text: quoted, and
+/// followed (after blanks) by a colon. Inside a string its quotes would be
+/// escaped, so a match is a key.
+fn has_number_key_in_text(text: &str) -> bool {
+    let quoted = format!("\"{NUMBER_KEY}\"");
+    text.match_indices(&quoted).any(|(at, m)| {
+        text[at + m.len()..]
+            .trim_start_matches([' ', '\t', '\n', '\r'])
+            .starts_with(':')
+    })
+}
+
+fn number_key_error() -> Error {
+    Error::InvalidInput {
+        message: format!(
+            "the value holds an object with the key {NUMBER_KEY:?}, which the JSON library reserves for numbers (it would read back as a number); rename that key"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_keep_their_text() {
+        for text in [
+            "18446744073709551616",
+            "-1.000000000000000000001",
+            "[1e400]",
+        ] {
+            let v = parse_value(text).unwrap();
+            assert_eq!(v.to_string().replace("e+", "e"), text);
+        }
+    }
+
+    #[test]
+    fn the_number_key_is_refused_as_a_key_only() {
+        for text in [
+            r#"{"$serde_json::private::Number":"12"}"#,
+            r#"{"a":[{"$serde_json::private::Number" : "x"}]}"#,
+        ] {
+            let e = parse_value(text).unwrap_err().to_string();
+            assert!(e.contains("reserves"), "{e}");
+        }
+        // As a string it is just text.
+        let v = parse_value(r#"["$serde_json::private::Number"]"#).unwrap();
+        check_round_trip(&v, &v.to_string()).unwrap();
+        // Built in code, it is caught when rendered.
+        let v = serde_json::json!({"a": {"$serde_json::private::Number": "1"}});
+        assert!(check_round_trip(&v, &v.to_string()).is_err());
+    }
+
+    #[test]
+    fn depth_is_named() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = parse_value(&deep).unwrap_err().to_string();
+        assert!(e.contains("deeper than 128 levels"), "{e}");
+        let fine = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        parse_value(&fine).unwrap();
+    }
+}

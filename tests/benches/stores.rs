@@ -1,7 +1,8 @@
 //! The metadata stores under concurrent workers: 1, 4 and 16 threads, each
 //! a task of its own, doing set then get of a 16-byte value (no backend, so
 //! the store is all that is measured), on the SQLite file (WAL, with
-//! `synchronous` full and normal, on a real disk: `$STATEHOST_DISK_DIR`,
+//! `synchronous` full (with this process's writes sharing commits, and
+//! each alone) and normal, on a real disk: `$STATEHOST_DISK_DIR`,
 //! else `target/bench-disk`, never tmpfs, where a flush costs nothing) and, when
 //! `STATEHOST_TEST_POSTGRES_URL` is set, PostgreSQL over loopback (in a
 //! schema of its own). Prints set and get µs per operation (mean latency
@@ -92,7 +93,7 @@ fn main() {
         });
     let mut results = Vec::new();
     println!(
-        "{:<12} {:>8} {:>10} {:>10} {:>14}",
+        "{:<18} {:>8} {:>10} {:>10} {:>14}",
         "store", "workers", "set µs", "get µs", "ops/s"
     );
     for workers in [1usize, 4, 16] {
@@ -104,6 +105,16 @@ fn main() {
                         dir.path().join(format!("full{workers}.db")),
                     ))
                     .unwrap(),
+                ),
+            ),
+            (
+                "sqlite-full-alone",
+                Arc::new(
+                    SqliteStore::open(SqliteLocation::File(
+                        dir.path().join(format!("alone{workers}.db")),
+                    ))
+                    .unwrap()
+                    .with_group_commit(false),
                 ),
             ),
             (
@@ -128,7 +139,7 @@ fn main() {
         }
         for (name, store) in stores {
             let (set, get, throughput) = run(store, workers);
-            println!("{name:<12} {workers:>8} {set:>10.1} {get:>10.1} {throughput:>14.0}");
+            println!("{name:<18} {workers:>8} {set:>10.1} {get:>10.1} {throughput:>14.0}");
             results.push(json!({"store": name, "workers": workers, "set_us": set, "get_us": get, "ops_per_s": throughput}));
         }
     }

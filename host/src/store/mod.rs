@@ -31,6 +31,7 @@ use statehost_plugin_api::{AssetScope, TaskScope};
 
 use crate::error::{Error, Result};
 
+mod group_commit;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -14,11 +14,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{
-    Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use statehost_plugin_api::{AssetIdentity, AssetScope, TaskScope};
 
+use super::group_commit::{Errors, GroupCommit};
 use super::{
     AssetMatch, MetadataStore, Put, Registered, Row, RowOwner, Rows, SCHEMA_VERSION, Unreadable,
     canonical_when_new, fence_holds, fenced, match_asset, registered_meanwhile,
@@ -88,6 +87,9 @@ pub struct SqliteStore {
     /// Opened for reading only: nothing is created or changed, and a
     /// database the process cannot write can still be read.
     read_only: bool,
+    /// The writer connection of a file database, whose transaction
+    /// concurrent writes share (`None`: each write commits alone).
+    group: Option<GroupCommit>,
 }
 
 /// The database's clock, ms since the epoch, as an SQL expression.
@@ -165,6 +167,7 @@ impl SqliteStore {
             pool: Mutex::new(Vec::new()),
             memory: None,
             read_only: false,
+            group: Some(GroupCommit::new()),
         };
         let mut first = store.connect()?;
         store.migrate(&mut first)?;
@@ -184,6 +187,15 @@ impl SqliteStore {
         })
     }
 
+    /// Whether concurrent writes of this process share transactions, and so
+    /// their flush to disk (group commit: on by default). Off, each write
+    /// commits (and, with `synchronous = FULL`, waits for the disk) on its
+    /// own.
+    pub fn with_group_commit(mut self, on: bool) -> SqliteStore {
+        self.group = on.then(GroupCommit::new);
+        self
+    }
+
     /// Opens an existing database file for reading only: no file or
     /// directory is created, no schema is written, and a database this
     /// process cannot write (a read-only file or directory) still reads.
@@ -194,6 +206,7 @@ impl SqliteStore {
             pool: Mutex::new(Vec::new()),
             memory: None,
             read_only: true,
+            group: None,
         };
         let first = store.connect()?;
         if store.schema_version(&first)?.is_none() {
@@ -313,13 +326,52 @@ impl SqliteStore {
         Ok(conn)
     }
 
+    /// Switches the file to WAL mode, unless it is in it already. Switching
+    /// needs the database to itself, and SQLite answers "locked" at once
+    /// (without waiting as the busy timeout says) while another process
+    /// writes; that is only possible for a new file, so it is retried for
+    /// as long as the busy timeout.
+    fn enable_wal(&self, conn: &Connection) -> Result<()> {
+        let mode = |conn: &Connection| {
+            conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0))
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match mode(conn) {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+                Ok(_) => match conn
+                    .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+                {
+                    Ok(m) if m.eq_ignore_ascii_case("wal") => return Ok(()),
+                    Ok(m) => {
+                        return Err(
+                            self.error("enabling WAL", format!("the journal stayed in {m} mode"))
+                        );
+                    }
+                    Err(e)
+                        if matches!(
+                            code(&e),
+                            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                        ) && started.elapsed() < BUSY_TIMEOUT => {}
+                    Err(e) => return Err(self.error("enabling WAL", e)),
+                },
+                Err(e)
+                    if matches!(
+                        code(&e),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) && started.elapsed() < BUSY_TIMEOUT => {}
+                Err(e) => return Err(self.error("reading the journal mode", e)),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Checks what the file holds before changing anything, then creates or
     /// upgrades the schema in one transaction.
     fn migrate(&self, conn: &mut Connection) -> Result<()> {
         self.check_schema(conn)?;
         if matches!(self.location, SqliteLocation::File(_)) {
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(|e| self.error("enabling WAL", e))?;
+            self.enable_wal(conn)?;
         }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -431,33 +483,50 @@ impl SqliteStore {
         self.with_conn(|c| f(c).map_err(|e| self.error(what, e)))
     }
 
-    /// A write: one `BEGIN IMMEDIATE` transaction. Failures before the
-    /// commit apply nothing; a failure of the commit itself may have
-    /// applied it (a disk error after the commit record was written).
-    fn write<T>(&self, what: &str, f: impl FnOnce(&Transaction<'_>) -> TxResult<T>) -> Result<T> {
+    /// A write: a `BEGIN IMMEDIATE` transaction of its own, or (a file
+    /// database) a savepoint in the one the process's writers share
+    /// (group commit). Failures before the commit apply nothing; a
+    /// failure of the commit itself may have applied it (a disk error
+    /// after the commit record was written).
+    fn write<T>(&self, what: &str, f: impl FnOnce(&Connection) -> TxResult<T>) -> Result<T> {
+        let begin = |e: rusqlite::Error| match code(&e) {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Store {
+                message: format!(
+                    "{} ({what}): another process held the database's lock for {} s; nothing was written",
+                    self.location.describe(),
+                    BUSY_TIMEOUT.as_secs()
+                ),
+            },
+            _ => self.error(what, e),
+        };
+        let run = |conn: &Connection| match f(conn) {
+            Ok(value) => Ok(value),
+            Err(TxError::Sql(e)) => Err(self.error(what, e)),
+            Err(TxError::Refused(e)) => Err(e),
+        };
+        if let Some(group) = &self.group
+            && matches!(self.location, SqliteLocation::File(_))
+        {
+            let location = self.location.describe();
+            let errors = Errors {
+                location: &location,
+                begin: &begin,
+            };
+            return group.write(what, &errors, || self.connect(), run);
+        }
         self.with_conn(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| match code(&e) {
-                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Store {
-                        message: format!(
-                            "{} ({what}): another process held the database's lock for {} s; nothing was written",
-                            self.location.describe(),
-                            BUSY_TIMEOUT.as_secs()
-                        ),
-                    },
-                    _ => self.error(what, e),
-                })?;
-            let value = match f(&tx) {
-                Ok(value) => value,
-                Err(TxError::Sql(e)) => return Err(self.error(what, e)),
-                Err(TxError::Refused(e)) => return Err(e),
-            };
+                .map_err(begin)?;
+            let value = run(&tx)?;
             tx.commit().map_err(|e| match code(&e) {
                 // Still uncommitted: the transaction is rolled back.
                 Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => self.error(what, e),
                 _ => Error::OutcomeUnknown {
-                    message: format!("{} ({what}): the commit failed: {e}", self.location.describe()),
+                    message: format!(
+                        "{} ({what}): the commit failed: {e}",
+                        self.location.describe()
+                    ),
                 },
             })?;
             Ok(value)

@@ -85,9 +85,11 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod bridge;
 pub mod config;
 mod error;
 pub mod files;
+pub mod ownership;
 pub mod plugin;
 pub mod secrets;
 pub mod state;

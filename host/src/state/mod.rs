@@ -446,8 +446,22 @@ impl StateHost {
         self.inner.store.rows()
     }
 
-    /// Garbage collection; see [`GcReport`].
+    /// Garbage collection; see [`GcReport`]. Refused when the backend's
+    /// storage belongs to another kind of store (see
+    /// [`ownership`](crate::ownership)); otherwise the first gc claims it
+    /// for statehost.
     pub fn gc(&self, dry_run: bool, progress: impl FnMut(usize, usize)) -> Result<GcReport> {
+        if let Some(calls) = self.inner.calls()
+            && !crate::ownership::check(calls, crate::ownership::Owner::Statehost)?
+            && calls.backend().capabilities().list
+            && !dry_run
+        {
+            // The marker is a value of this store like any other: its row
+            // references it, so this store's gc keeps it.
+            let marker = crate::ownership::marker_value(crate::ownership::Owner::Statehost);
+            self.asset_state(&crate::ownership::owner_scope())?
+                .set(crate::ownership::OWNER_KEY, &marker)?;
+        }
         gc::run(self, dry_run, progress)
     }
 

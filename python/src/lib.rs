@@ -405,3 +405,62 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("PLUGIN_API_VERSION", statehost::api::PLUGIN_API_VERSION)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugins_dir_defaults_to_the_packages_unless_the_config_names_one() {
+        let dir = tempfile_dir();
+        let file = dir.join("statehost.toml");
+        std::fs::write(&file, "[workers]\nstate_backend = \"fs\"\n").unwrap();
+        let package = Path::new("/opt/package/plugins");
+        let config = load_config(Some(&file), package).unwrap();
+        assert_eq!(config.plugins_dir, package);
+
+        std::fs::write(&file, "[core]\nplugins_dir = \"mine\"\n").unwrap();
+        let config = load_config(Some(&file), package).unwrap();
+        assert_eq!(config.plugins_dir, dir.join("mine"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn errors_map_to_the_documented_classes() {
+        use statehost::api::BackendError;
+        let backend = |error| Error::Backend {
+            plugin: "fs".into(),
+            operation: "read",
+            scope: "s".into(),
+            key: "k".into(),
+            error,
+        };
+        assert_eq!(
+            exception_name(&backend(BackendError::not_found("x"))),
+            "StateNotFoundError"
+        );
+        assert_eq!(
+            exception_name(&backend(BackendError::unavailable("x"))),
+            "BackendUnavailableError"
+        );
+        assert_eq!(
+            exception_name(&Error::InvalidInput {
+                message: "m".into()
+            }),
+            "InvalidInputError"
+        );
+        assert_eq!(exception_name(&Error::NoBackend), "ConfigError");
+        assert_eq!(
+            exception_name(&Error::OutcomeUnknown {
+                message: "m".into()
+            }),
+            "OutcomeUnknownError"
+        );
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("statehost-python-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

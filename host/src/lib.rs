@@ -84,6 +84,7 @@
 
 #![deny(missing_docs)]
 
+pub mod airflow_db;
 pub mod backend;
 pub mod bridge;
 pub mod config;

@@ -398,8 +398,28 @@ impl HostHandle {
     }
 }
 
+/// `statehost gc --airflow-db`: the orphans of the storage Airflow's
+/// database owns; the report as JSON text.
+#[pyfunction]
+#[pyo3(signature = (config, plugins_dir, airflow_db, dry_run))]
+fn gc_airflow(
+    py: Python<'_>,
+    config: Option<PathBuf>,
+    plugins_dir: PathBuf,
+    airflow_db: &str,
+    dry_run: bool,
+) -> PyResult<String> {
+    py.detach(|| {
+        let config = load_config(config.as_deref(), &plugins_dir)?;
+        statehost::airflow_db::gc(&config, airflow_db, dry_run)
+    })
+    .map(|report| serde_json::to_string(&report).unwrap_or_default())
+    .map_err(|e| to_py(py, e))
+}
+
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(gc_airflow, module)?)?;
     module.add_class::<BridgeHandle>()?;
     module.add_class::<HostHandle>()?;
     module.add("PLUGIN_API_VERSION", statehost::api::PLUGIN_API_VERSION)?;

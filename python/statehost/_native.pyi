@@ -9,6 +9,9 @@ from typing import Optional
 
 PLUGIN_API_VERSION: str
 
+def gc_airflow(config: Optional[str], plugins_dir: str, airflow_db: str, dry_run: bool) -> str:
+    """Removes the objects no row of Airflow's database references; the report as JSON text."""
+
 class BridgeHandle:
     """The configured plugin, for a runtime whose own database keeps the rows."""
 

@@ -35,12 +35,12 @@ from airflow.sdk._shared.state import AssetScope, BaseStoreBackend, TaskScope
 
 from . import _json
 from ._config import PLUGINS_DIR, discover
-from ._native import BridgeHandle
+from ._native import BridgeHandle, gc_airflow
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-__all__ = ["StatehostBackend"]
+__all__ = ["StatehostBackend", "gc"]
 
 _SERVER_SIDE = (
     "StatehostBackend is a worker-side backend for [workers] state_store_backend: Airflow calls "
@@ -164,3 +164,16 @@ class StatehostBackend(BaseStoreBackend):
 
     def __repr__(self) -> str:
         return f"<StatehostBackend config={self._config!r} backend={self._bridge.backend_name!r}>"
+
+
+def gc(airflow_db: str, dry_run: bool = False, config: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Removes the objects of the plugin's storage that no row of Airflow's
+    database references (``statehost gc --airflow-db URL``).
+
+    ``airflow_db`` is Airflow's ``sql_alchemy_conn`` (``sqlite:////path`` or
+    ``postgresql://...``), read only. Objects younger than ``[state_store]
+    orphan_grace`` are kept. Returns the report: ``dry_run``, ``objects``,
+    ``referenced``, ``orphans`` (deleted, or that would be), ``young``,
+    ``unknown_age``. Refused unless an Airflow worker claimed the storage."""
+    report = gc_airflow(discover(config), os.fspath(PLUGINS_DIR), airflow_db, dry_run)
+    return _json.decode(report)

@@ -103,12 +103,11 @@ def test_async_methods_do_not_block_the_loop(fs_config):
 def test_calls_release_the_gil(write_config, faulty_library):
     # A slow plugin call on one thread leaves the others running Python.
     config = write_config(
-        f'[workers]\nstate_backend = "{faulty_library}"\n[backends.faulty.ops]\nclear = "slow:500"\n'
+        f'[workers]\nstate_backend = "{faulty_library}"\n[backends.faulty.ops]\nserialize = "slow:500"\n'
         '[database]\nurl = "sqlite://state.db"\n'
     )
     host = StateHost(config)
     state = host.task_state("etl", "r", "t")
-    state.set("k", 1)
     counted = 0
     done = threading.Event()
 
@@ -121,7 +120,7 @@ def test_calls_release_the_gil(write_config, faulty_library):
     counter.start()
     try:
         before = counted
-        host.task_state("etl", "r", "t").clear()
+        state.set("k", 1)
     finally:
         done.set()
         counter.join()

@@ -22,7 +22,7 @@ use statehost_plugin_api::{
     validate_key,
 };
 
-use crate::backend::{Calls, Listed};
+use crate::backend::{Calls, Listed, Text};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::ownership::{self, Owner};
@@ -77,20 +77,30 @@ impl Bridge {
         &self.calls
     }
 
-    /// Stores `value` (JSON text, not `null`) for `key` of a task.
-    pub fn serialize_task(&self, scope: &TaskScope, key: &str, value: &str) -> Result<Stored> {
+    /// Stores `value` for `key` of a task.
+    pub fn serialize_task(
+        &self,
+        scope: &TaskScope,
+        key: &str,
+        value: JsonText<'_>,
+    ) -> Result<Stored> {
         self.serialize(Scope::Task(scope.clone()), key, value)
     }
 
-    /// Stores `value` (JSON text, not `null`) for `key` of an asset (in the
-    /// namespace of its name when it has one, else of its uri).
-    pub fn serialize_asset(&self, scope: &AssetScope, key: &str, value: &str) -> Result<Stored> {
+    /// Stores `value` for `key` of an asset (in the namespace of its name
+    /// when it has one, else of its uri).
+    pub fn serialize_asset(
+        &self,
+        scope: &AssetScope,
+        key: &str,
+        value: JsonText<'_>,
+    ) -> Result<Stored> {
         self.serialize(Scope::Asset(scope.clone()), key, value)
     }
 
-    fn serialize(&self, scope: Scope, key: &str, value: &str) -> Result<Stored> {
+    fn serialize(&self, scope: Scope, key: &str, value: JsonText<'_>) -> Result<Stored> {
         check_key(key)?;
-        check_value(value)?;
+        let value = value.0;
         let write_id = WriteId::from_parts(now_ms(), rand::random::<u128>());
         let owner = Arc::new((scope, key.to_string()));
         let late_owner = owner.clone();
@@ -133,34 +143,23 @@ impl Bridge {
     /// Reads back the JSON text a reference stands for: a reference that is
     /// JSON text itself is a value kept inline (Airflow stores every value
     /// as a reference, so that is how an inline value travels); any other
-    /// is the backend's object. A reference to nothing is an error of kind
-    /// [`ErrorKind::NotFound`].
-    pub fn deserialize(&self, reference: &str) -> Result<String> {
+    /// is the backend's object, returned as the backend wrote it (UTF-8 and
+    /// JSON are not checked: parse it with a parser that checks, and treat
+    /// a failure as the backend's). A reference to nothing is an error of
+    /// kind [`ErrorKind::NotFound`].
+    pub fn deserialize(&self, reference: &str) -> Result<Text> {
         if reference.is_empty() {
             return Err(Error::InvalidInput {
                 message: "the reference is empty: the row is corrupt".to_string(),
             });
         }
         if is_json_text(reference) {
-            return Ok(reference.to_string());
+            return Ok(Text::Host(reference.to_string()));
         }
         let owned = reference.to_string();
-        let text = self
-            .calls
+        self.calls
             .run_plain("deserialize", move |b| b.deserialize(&owned, None))
-            .map_err(|e| self.read_error(reference, e))?;
-        let bytes = text.as_bytes();
-        match std::str::from_utf8(bytes) {
-            Ok(s) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => Ok(s.to_string()),
-            Ok(_) => Err(self.read_error(
-                reference,
-                BackendError::invalid_input("it returned text that is not JSON"),
-            )),
-            Err(_) => Err(self.read_error(
-                reference,
-                BackendError::invalid_input("it returned bytes that are not UTF-8"),
-            )),
-        }
+            .map_err(|e| self.read_error(reference, e))
     }
 
     /// Removes every object of `key` in `scope` (missing is fine).
@@ -244,19 +243,42 @@ fn check_key(key: &str) -> Result<()> {
     })
 }
 
-/// A value must be JSON, and not `null` (delete the key instead).
-fn check_value(value: &str) -> Result<()> {
-    if value.trim() == "null" {
+/// A value's JSON text, for [`Bridge::serialize_task`] and
+/// [`Bridge::serialize_asset`]: one JSON document, not `null`.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonText<'a>(&'a str);
+
+impl<'a> JsonText<'a> {
+    /// Checks that `text` is one JSON document and not `null`.
+    pub fn parse(text: &'a str) -> Result<Self> {
+        not_null(text)?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| Error::InvalidInput {
+            message: format!("the value is not JSON ({e})"),
+        })?;
+        Ok(JsonText(text))
+    }
+
+    /// Text a JSON encoder has just written (only `null` is checked): for
+    /// callers that encode values themselves, which would otherwise pay for
+    /// a second pass over every value.
+    pub fn encoded(text: &'a str) -> Result<Self> {
+        not_null(text)?;
+        Ok(JsonText(text))
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+fn not_null(value: &str) -> Result<()> {
+    if value.trim() == "null" || value.trim().is_empty() {
         return Err(Error::InvalidInput {
             message: "a value cannot be null; delete the key instead".to_string(),
         });
     }
-    match serde_json::from_str::<serde::de::IgnoredAny>(value) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(Error::InvalidInput {
-            message: format!("the value is not JSON ({e})"),
-        }),
-    }
+    Ok(())
 }
 
 fn now_ms() -> u64 {

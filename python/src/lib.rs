@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 use statehost::api::{AssetScope, ErrorKind, Scope, TaskScope};
-use statehost::bridge::{Bridge, Stored};
+use statehost::bridge::{Bridge, JsonText, Stored};
 use statehost::config::Config;
 use statehost::ownership::Owner;
 use statehost::{Error, StateHost};
@@ -40,11 +41,16 @@ fn exception_name(error: &Error) -> &'static str {
 
 /// A host error as the matching Python exception, its message one line.
 fn to_py(py: Python<'_>, error: Error) -> PyErr {
-    let message = error.to_string().replace('\n', " ");
     let name = match &error {
         Error::Construct { .. } => "ConfigError",
         other => exception_name(other),
     };
+    python_error(py, name, error.to_string())
+}
+
+/// An exception of `statehost.errors` by class name.
+fn python_error(py: Python<'_>, name: &str, message: String) -> PyErr {
+    let message = message.replace('\n', " ");
     let class = py
         .import("statehost.errors")
         .and_then(|module| module.getattr(name));
@@ -52,6 +58,152 @@ fn to_py(py: Python<'_>, error: Error) -> PyErr {
         Ok(instance) => PyErr::from_value(instance),
         Err(_) => PyRuntimeError::new_err(message),
     }
+}
+
+/// How deep a value may nest (deeper is taken for a value that contains
+/// itself).
+const MAX_DEPTH: usize = 512;
+
+/// The JSON text of a Python value, as `json.dumps(value, allow_nan=False)`
+/// accepts values (dict keys may be str, int, float, bool or None), in
+/// Rust: escaping a long string here takes a fraction of the time Python's
+/// encoder takes. NaN, infinities, `None` at the top and other types are
+/// an `InvalidInputError`.
+fn encode(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    if value.is_none() {
+        return Err(python_error(
+            value.py(),
+            "InvalidInputError",
+            "a value cannot be None; delete the key instead".to_string(),
+        ));
+    }
+    let mut out = Vec::new();
+    write_json(value, &mut out, 0).map_err(|message| {
+        python_error(
+            value.py(),
+            "InvalidInputError",
+            format!("the value is not JSON: {message}"),
+        )
+    })?;
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
+fn write_json(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+    use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyTuple};
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "it nests deeper than {MAX_DEPTH} levels (or contains itself)"
+        ));
+    }
+    let text_error = |e: PyErr| e.to_string();
+    if value.is_none() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(s) = value.cast::<PyString>() {
+        let s = s.to_str().map_err(text_error)?;
+        serde_json::to_writer(&mut *out, s).map_err(|e| e.to_string())?;
+    } else if let Ok(b) = value.cast::<PyBool>() {
+        out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
+    } else if value.cast::<PyInt>().is_ok() {
+        write_int(value, out)?;
+    } else if let Ok(f) = value.cast::<PyFloat>() {
+        write_float(f.value(), out)?;
+    } else if let Ok(list) = value.cast::<PyList>() {
+        out.push(b'[');
+        for (i, item) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&item, out, depth + 1)?;
+        }
+        out.push(b']');
+    } else if let Ok(tuple) = value.cast::<PyTuple>() {
+        out.push(b'[');
+        for (i, item) in tuple.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&item, out, depth + 1)?;
+        }
+        out.push(b']');
+    } else if let Ok(dict) = value.cast::<PyDict>() {
+        out.push(b'{');
+        for (i, (k, v)) in dict.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let key = if let Ok(s) = k.cast::<PyString>() {
+                s.to_str().map_err(text_error)?.to_string()
+            } else if let Ok(b) = k.cast::<PyBool>() {
+                if b.is_true() { "true" } else { "false" }.to_string()
+            } else if k.is_none() {
+                "null".to_string()
+            } else if k.cast::<PyInt>().is_ok() || k.cast::<PyFloat>().is_ok() {
+                let mut text = Vec::new();
+                if let Ok(f) = k.cast::<PyFloat>() {
+                    write_float(f.value(), &mut text)?;
+                } else {
+                    write_int(&k, &mut text)?;
+                }
+                String::from_utf8(text).expect("digits")
+            } else {
+                return Err(format!(
+                    "keys must be str, int, float, bool or None, not {}",
+                    type_name(&k)
+                ));
+            };
+            serde_json::to_writer(&mut *out, &key).map_err(|e| e.to_string())?;
+            out.push(b':');
+            write_json(&v, out, depth + 1)?;
+        }
+        out.push(b'}');
+    } else {
+        return Err(format!(
+            "an object of type {} is not JSON serializable",
+            type_name(value)
+        ));
+    }
+    Ok(())
+}
+
+fn write_int(value: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> Result<(), String> {
+    if let Ok(i) = value.extract::<i64>() {
+        out.extend_from_slice(i.to_string().as_bytes());
+    } else if let Ok(u) = value.extract::<u64>() {
+        out.extend_from_slice(u.to_string().as_bytes());
+    } else {
+        // Beyond 64 bits: int's own digits (as Python's encoder writes them).
+        let digits = value
+            .py()
+            .get_type::<pyo3::types::PyInt>()
+            .call_method1("__repr__", (value,))
+            .and_then(|r| r.extract::<String>())
+            .map_err(|e| e.to_string())?;
+        out.extend_from_slice(digits.as_bytes());
+    }
+    Ok(())
+}
+
+fn write_float(f: f64, out: &mut Vec<u8>) -> Result<(), String> {
+    if !f.is_finite() {
+        return Err(format!(
+            "{f} is out of range for JSON (NaN and infinities are refused)"
+        ));
+    }
+    serde_json::to_writer(&mut *out, &f).map_err(|e| e.to_string())
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}
+
+/// `json.dumps` for statehost: the value's JSON text (see [`encode`]).
+#[pyfunction]
+fn encode_json(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    encode(value)
 }
 
 /// Whether the config file or the environment names `[core] plugins_dir`.
@@ -134,7 +286,9 @@ impl BridgeHandle {
         self.bridge.backend_name().to_string()
     }
 
-    /// Stores a task's value; the reference, or None to keep it inline.
+    /// Stores a task's value (any JSON-encodable object): the reference
+    /// for the row, or, when the plugin keeps the value inline, its JSON
+    /// text (which reads back as the value).
     #[allow(clippy::too_many_arguments)]
     fn serialize_task(
         &self,
@@ -144,37 +298,53 @@ impl BridgeHandle {
         task_id: &str,
         map_index: i64,
         key: &str,
-        value: &str,
-    ) -> PyResult<Option<String>> {
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
+        let text = encode(value)?;
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.bridge.serialize_task(&scope, key, value)
+            self.bridge
+                .serialize_task(&scope, key, JsonText::encoded(&text)?)
         })
-        .map(stored)
+        .map(|stored| reference_or_text(stored, &text))
         .map_err(|e| to_py(py, e))
     }
 
-    /// Stores an asset's value; the reference, or None to keep it inline.
+    /// Stores an asset's value, as [`serialize_task`](Self::serialize_task).
     fn serialize_asset(
         &self,
         py: Python<'_>,
         name: Option<&str>,
         uri: Option<&str>,
         key: &str,
-        value: &str,
-    ) -> PyResult<Option<String>> {
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
+        let text = encode(value)?;
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.bridge.serialize_asset(&scope, key, value)
+            self.bridge
+                .serialize_asset(&scope, key, JsonText::encoded(&text)?)
         })
-        .map(stored)
+        .map(|stored| reference_or_text(stored, &text))
         .map_err(|e| to_py(py, e))
     }
 
-    /// The JSON text of the object at `reference`.
-    fn deserialize(&self, py: Python<'_>, reference: &str) -> PyResult<String> {
-        py.detach(|| self.bridge.deserialize(reference))
-            .map_err(|e| to_py(py, e))
+    /// The JSON text a reference stands for.
+    fn deserialize<'py>(&self, py: Python<'py>, reference: &str) -> PyResult<Bound<'py, PyString>> {
+        let text = py
+            .detach(|| self.bridge.deserialize(reference))
+            .map_err(|e| to_py(py, e))?;
+        match std::str::from_utf8(text.as_bytes()) {
+            Ok(text) => Ok(PyString::new(py, text)),
+            Err(_) => Err(python_error(
+                py,
+                "BackendError",
+                format!(
+                    "backend `{}` returned bytes that are not UTF-8 for the reference {reference:?}",
+                    self.bridge.backend_name()
+                ),
+            )),
+        }
     }
 
     /// Removes every object of a task's key.
@@ -236,10 +406,10 @@ impl BridgeHandle {
     }
 }
 
-fn stored(stored: Stored) -> Option<String> {
+fn reference_or_text(stored: Stored, text: &str) -> String {
     match stored {
-        Stored::Reference(reference) => Some(reference),
-        Stored::Inline => None,
+        Stored::Reference(reference) => reference,
+        Stored::Inline => text.to_string(),
     }
 }
 
@@ -420,6 +590,7 @@ fn gc_airflow(
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(gc_airflow, module)?)?;
+    module.add_function(wrap_pyfunction!(encode_json, module)?)?;
     module.add_class::<BridgeHandle>()?;
     module.add_class::<HostHandle>()?;
     module.add("PLUGIN_API_VERSION", statehost::api::PLUGIN_API_VERSION)?;

@@ -5,9 +5,13 @@ encode and decode them. Every method releases the GIL while the host works
 and raises the exceptions of :mod:`statehost.errors`.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 PLUGIN_API_VERSION: str
+
+def encode_json(value: Any) -> str:
+    """The JSON text of a value (str, int, float, bool, None, list, tuple, dict);
+    ``None`` at the top, NaN, infinities and other types raise ``InvalidInputError``."""
 
 def gc_airflow(config: Optional[str], plugins_dir: str, airflow_db: str, dry_run: bool) -> str:
     """Removes the objects no row of Airflow's database references; the report as JSON text."""
@@ -21,11 +25,11 @@ class BridgeHandle:
     @property
     def backend_name(self) -> str: ...
     def serialize_task(
-        self, dag_id: str, run_id: str, task_id: str, map_index: int, key: str, value: str
-    ) -> Optional[str]:
-        """Stores JSON text; the reference, or ``None`` when the plugin keeps it inline."""
-    def serialize_asset(self, name: Optional[str], uri: Optional[str], key: str, value: str) -> Optional[str]:
-        """Stores JSON text; the reference, or ``None`` when the plugin keeps it inline."""
+        self, dag_id: str, run_id: str, task_id: str, map_index: int, key: str, value: Any
+    ) -> str:
+        """Stores a value; the reference, or its JSON text when the plugin keeps it inline."""
+    def serialize_asset(self, name: Optional[str], uri: Optional[str], key: str, value: Any) -> str:
+        """Stores a value; the reference, or its JSON text when the plugin keeps it inline."""
     def deserialize(self, reference: str) -> str:
         """The JSON text a reference stands for (a reference that is JSON text is the value)."""
     def delete_task(self, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None: ...

@@ -36,6 +36,7 @@ from airflow.sdk._shared.state import AssetScope, BaseStoreBackend, TaskScope
 from . import _json
 from ._config import PLUGINS_DIR, discover
 from ._native import BridgeHandle, gc_airflow
+from .errors import BackendError
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -85,9 +86,7 @@ class StatehostBackend(BaseStoreBackend):
 
     def serialize_task_state_store_to_ref(self, *, value: Any, key: str, scope: TaskScope) -> str:
         """Stores ``value`` as a new object; the reference Airflow's row keeps."""
-        text = _json.encode(value)
-        ref = self._native().serialize_task(scope.dag_id, scope.run_id, scope.task_id, scope.map_index, key, text)
-        return text if ref is None else ref
+        return self._native().serialize_task(scope.dag_id, scope.run_id, scope.task_id, scope.map_index, key, value)
 
     def deserialize_task_state_store_from_ref(self, stored: str) -> Any:
         """The value a reference names."""
@@ -95,9 +94,7 @@ class StatehostBackend(BaseStoreBackend):
 
     def serialize_asset_state_store_to_ref(self, *, value: Any, key: str, scope: AssetScope) -> str:
         """Stores ``value`` as a new object; the reference Airflow's row keeps."""
-        text = _json.encode(value)
-        ref = self._native().serialize_asset(scope.name, scope.uri, key, text)
-        return text if ref is None else ref
+        return self._native().serialize_asset(scope.name, scope.uri, key, value)
 
     def deserialize_asset_state_store_from_ref(self, stored: str) -> Any:
         """The value a reference names."""
@@ -138,7 +135,13 @@ class StatehostBackend(BaseStoreBackend):
         await asyncio.to_thread(self.clear, scope, all_map_indices=all_map_indices)
 
     def _read(self, stored: str) -> Any:
-        return _json.decode(self._native().deserialize(stored))
+        text = self._native().deserialize(stored)
+        try:
+            return _json.decode(text)
+        except ValueError as e:
+            raise BackendError(
+                f"backend `{self.backend_name}` returned text that is not JSON for the reference {stored!r} ({e})"
+            ) from None
 
     # -- the API server's methods: never called on a worker ------------------
 

@@ -223,3 +223,18 @@ def test_the_default_plugins_dir_is_the_packages():
     assert (statehost.PLUGINS_DIR / "libstatehost_fs.so").exists()
     assert (statehost.PLUGINS_DIR / "libstatehost_memory.so").exists()
     assert (statehost.PLUGINS_DIR / "libstatehost_object_store.so").exists()
+
+
+def test_values_encode_as_pythons_json_module_does(memory_config):
+    import json
+
+    state = StateHost(memory_config).task_state("d", "r", "t")
+    for value in [2**70, -(2**100), (1, "a"), {1: "int key", 2.5: "float", True: "bool", None: "none"}, "\ud7ff€𝄞"]:
+        state.set("k", value)
+        assert state.get("k") == json.loads(json.dumps(value))
+    with pytest.raises(InvalidInputError, match="keys must be"):
+        state.set("k", {(1, 2): "tuple key"})
+    nested: list = []
+    nested.append(nested)
+    with pytest.raises(InvalidInputError, match="nests deeper"):
+        state.set("k", nested)

@@ -12,7 +12,7 @@
 //! database's time, then list the storage, then read the rows, and remove
 //! an unreferenced object only if that time is more than the grace past
 //! its write. Only storage that an Airflow worker claimed (see
-//! [`ownership`](crate::ownership)) is collected.
+//! [`crate::ownership`]) is collected.
 
 use std::collections::HashSet;
 use std::sync::Arc;

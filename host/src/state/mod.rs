@@ -448,7 +448,7 @@ impl StateHost {
 
     /// Garbage collection; see [`GcReport`]. Refused when the backend's
     /// storage belongs to another kind of store (see
-    /// [`ownership`](crate::ownership)); otherwise the first gc claims it
+    /// [`crate::ownership`]); otherwise the first gc claims it
     /// for statehost.
     pub fn gc(&self, dry_run: bool, progress: impl FnMut(usize, usize)) -> Result<GcReport> {
         if let Some(calls) = self.inner.calls()

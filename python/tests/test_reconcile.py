@@ -138,3 +138,39 @@ def test_a_bad_airflow_url_is_one_line(airflow, fs_config):
     assert "not an Airflow database URL" in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(statehost.ConfigError, match="no Airflow database"):
         statehost.airflow.gc("sqlite:////nowhere/airflow.db", config=fs_config)
+
+
+def test_airflows_postgresql_rows_are_read(airflow, short_grace_config, tmp_path):
+    """The same against PostgreSQL (STATEHOST_TEST_POSTGRES_URL names a server;
+    .ci/run sets it): Airflow's tables in a schema of the test's own."""
+    import shutil
+
+    url = os.environ.get("STATEHOST_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("STATEHOST_TEST_POSTGRES_URL names a PostgreSQL server (.ci/run sets it)")
+    psql = shutil.which("psql")
+    assert psql, "psql is needed to make Airflow's tables"
+    schema = f"airflow_gc_{os.getpid()}"
+
+    af = airflow(short_grace_config)
+    task = af.task()
+    task.set("kept", 1)
+    task.set("replaced", 1)
+    task.set("replaced", 2)
+    sql = [f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path = {schema};",
+           SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "SERIAL PRIMARY KEY")]
+    for (_, key), value in af.comms.task_rows.items():
+        text = json.dumps(value).replace("'", "''")
+        sql.append(
+            "INSERT INTO task_state_store (dag_run_id, task_id, key, dag_id, run_id, value, updated_at)"
+            f" VALUES (1, 'extract', '{key}', 'etl', 'r', '{text}', now());"
+        )
+    subprocess.run([psql, url, "-v", "ON_ERROR_STOP=1", "-q", "-c", "\n".join(sql)], check=True, timeout=60)
+    try:
+        airflow_url = f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+        time.sleep(1.2)
+        report = statehost.airflow.gc(airflow_url)
+        assert (report["objects"], report["referenced"], report["orphans"]) == (3, 2, 1)
+        assert task.get("replaced") == 2 and task.get("kept") == 1
+    finally:
+        subprocess.run([psql, url, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], timeout=60)

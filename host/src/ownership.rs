@@ -3,12 +3,16 @@
 //! gc removes the objects that no row of *its* store references. Pointed at
 //! storage whose references live in another database (Airflow's, through
 //! the [`Bridge`](crate::bridge::Bridge)), it would take every object there
-//! for an orphan. So the storage records its owner: a marker object, the
-//! key [`OWNER_KEY`] of the asset [`OWNER_ASSET`], written through the
-//! backend like any value. Whoever uses the storage first claims it; a
-//! store that finds the other kind's marker refuses to collect anything
-//! (and the bridge refuses to start), so two owners of one storage are an
-//! error at once rather than a deletion later.
+//! for an orphan. So storage that Airflow writes to records it: a marker
+//! object, the key [`OWNER_KEY`] of the asset [`OWNER_ASSET`], written
+//! through the backend like any value by the bridge before its first write
+//! (in its constructor). `statehost gc` refuses storage that holds it, and
+//! `statehost gc --airflow-db` collects only storage that holds it.
+//!
+//! A statehost store claims nothing (its gc would otherwise have to write,
+//! and its storage would hold an object none of its rows names); the
+//! reverse case, a statehost store on storage Airflow also writes to, is
+//! refused by the same marker as soon as statehost's gc runs.
 //!
 //! Markers are read from the backend's listing, so this only guards
 //! backends that can list; the others have no orphan pass to guard.
@@ -106,7 +110,7 @@ pub fn owners(calls: &Arc<Calls>) -> Result<Vec<Owner>> {
         })
         .map_err(|e| marker_error(calls, "list", e))?;
     let mut found = Vec::new();
-    for object in listed {
+    for object in listed.into_iter().filter(is_marker) {
         let reference = object.reference.clone();
         let text = match calls.run_plain("deserialize", move |b| b.deserialize(&reference, None)) {
             Ok(text) => text,
@@ -157,9 +161,9 @@ pub fn check(calls: &Arc<Calls>, owner: Owner) -> Result<bool> {
     Ok(!owners.is_empty())
 }
 
-/// Claims the storage for `owner` by writing the marker straight through
-/// the backend (for owners whose rows live outside statehost), unless it is
-/// claimed already. Refuses storage another kind of store owns.
+/// Claims the storage for `owner` (Airflow's database, through the bridge)
+/// by writing the marker straight through the backend, unless it is
+/// claimed already. Refuses storage another kind of store claimed.
 pub fn claim(calls: &Arc<Calls>, owner: Owner) -> Result<()> {
     if !calls.backend().capabilities().list || check(calls, owner)? {
         return Ok(());

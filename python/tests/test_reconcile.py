@@ -119,13 +119,13 @@ def test_unclaimed_storage_is_not_collected(write_config, tmp_path):
         statehost.airflow.gc(f"sqlite:///{db}", config=config)
 
 
-def test_storage_statehost_owns_is_not_collected(fs_config, tmp_path):
+def test_storage_a_statehost_store_uses_is_not_collected(fs_config, tmp_path):
     host = statehost.StateHost(fs_config)
     host.task_state("d", "r", "t").set("k", 1)
     host.gc()
     db = tmp_path / "airflow.db"
     sqlite3.connect(db).executescript(SCHEMA)
-    with pytest.raises(statehost.ConfigError, match="owned by statehost"):
+    with pytest.raises(statehost.ConfigError, match="no Airflow worker has claimed"):
         statehost.airflow.gc(f"sqlite:///{db}", config=fs_config)
     assert host.task_state("d", "r", "t").get("k") == 1
 

@@ -446,21 +446,13 @@ impl StateHost {
         self.inner.store.rows()
     }
 
-    /// Garbage collection; see [`GcReport`]. Refused when the backend's
-    /// storage belongs to another kind of store (see
-    /// [`crate::ownership`]); otherwise the first gc claims it
-    /// for statehost.
+    /// Garbage collection; see [`GcReport`]. Refused when an Airflow
+    /// worker has claimed the backend's storage (see
+    /// [`crate::ownership`]): Airflow's database holds its references, so
+    /// every object there would look orphaned.
     pub fn gc(&self, dry_run: bool, progress: impl FnMut(usize, usize)) -> Result<GcReport> {
-        if let Some(calls) = self.inner.calls()
-            && !crate::ownership::check(calls, crate::ownership::Owner::Statehost)?
-            && calls.backend().capabilities().list
-            && !dry_run
-        {
-            // The marker is a value of this store like any other: its row
-            // references it, so this store's gc keeps it.
-            let marker = crate::ownership::marker_value(crate::ownership::Owner::Statehost);
-            self.asset_state(&crate::ownership::owner_scope())?
-                .set(crate::ownership::OWNER_KEY, &marker)?;
+        if let Some(calls) = self.inner.calls() {
+            crate::ownership::check(calls, crate::ownership::Owner::Statehost)?;
         }
         gc::run(self, dry_run, progress)
     }

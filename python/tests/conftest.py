@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-import uuid
 from pathlib import Path
 
 import pytest
@@ -111,7 +110,3 @@ def airflow(monkeypatch):
         return Airflow()
 
     return use
-
-
-def new_ti_id() -> uuid.UUID:
-    return uuid.uuid4()

@@ -21,6 +21,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 FIXTURES = os.environ.get("STATEHOST_TEST_FIXTURES")
 
 
+# The exit status of a child whose test skipped itself.
+SKIPPED = 77
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "no_fork: runs in the pytest process itself")
 
@@ -41,6 +45,8 @@ def pytest_pyfunc_call(pyfuncitem):
         code, report = 0, b""
         try:
             pyfuncitem.obj(**args)
+        except pytest.skip.Exception as skipped:
+            code, report = SKIPPED, str(skipped.msg).encode()
         except BaseException:
             code, report = 1, traceback.format_exc().encode()
         try:
@@ -56,6 +62,8 @@ def pytest_pyfunc_call(pyfuncitem):
     os.close(read_end)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
+    if code == SKIPPED:
+        pytest.skip(b"".join(chunks).decode(errors="replace"))
     if code != 0:
         report = b"".join(chunks).decode(errors="replace")
         pytest.fail(f"the test's process ended with {code}:\n{report}", pytrace=False)

@@ -113,6 +113,20 @@ def main() -> None:
     else:
         print("\n(side-by-side results missing: run bench/run.sh)", file=sys.stderr)
 
+    backends_f = CRITERION / "side_by_side" / "backends.json"
+    if backends_f.exists():
+        results = json.loads(backends_f.read_text())
+        print("\n### Airflow's accessors with each worker-side backend (µs per operation)\n")
+        rows = []
+        python_files = [b for b in ["airflow-fs", "common-io"] if b in results]
+        for backend, sizes in results.items():
+            for size, r in sizes.items():
+                label = {"16": "16 B", "1024": "1 KiB", "1048576": "1 MiB"}.get(size, size)
+                best = min((results[b][size]["pair"] for b in python_files), default=None)
+                vs = "–" if backend != "statehost-fs" or best is None else f"{best / r['pair']:.1f}×"
+                rows.append([backend, label, str(r["n"]), f"{r['set']:.1f}", f"{r['get']:.1f}", f"{r['pair']:.1f}", vs])
+        print(table(["backend", "value", "keys", "set", "get", "set+get", "fastest Python file backend / this"], rows))
+
     stores_f = CRITERION / "stores" / "results.json"
     if stores_f.exists():
         print("\n### Metadata stores under concurrent workers (16 B values, no backend)\n")

@@ -25,6 +25,23 @@ airflow_root="$(mktemp -d "$STATEHOST_BENCH_DIR/airflow-bench.XXXXXX")"
 "$venv/bin/python" bench/airflow_state_bench.py "$airflow_root" 20000 > target/criterion/side_by_side/airflow.json
 rm -rf "$airflow_root"
 
+# Airflow's accessors with each worker-side backend: none, Airflow-style
+# Python ones, common-io's (if it installs), and statehost's Python package
+# (a release wheel, with the release plugins cargo bench built) over the
+# memory, fs and object-store plugins. One process per backend.
+"$venv/bin/pip" install --quiet 'maturin>=1.9,<2'
+"$venv/bin/pip" install --quiet 'apache-airflow-providers-common-io==1.11.0' || echo "common-io did not install: its row is left out" >&2
+rm -rf target/py-wheels-release
+STATEHOST_PYTHON_PLUGINS="${CARGO_TARGET_DIR:-$PWD/target}/release" "$venv/bin/maturin" build --quiet --release \
+    -m python/Cargo.toml -i "$venv/bin/python" --out target/py-wheels-release
+"$venv/bin/pip" install --quiet --force-reinstall --no-deps target/py-wheels-release/statehost-*.whl
+for backend in none airflow-memory airflow-fs common-io statehost-memory statehost-fs statehost-object-store; do
+    backend_root="$(mktemp -d "$STATEHOST_BENCH_DIR/airflow-backends.XXXXXX")"
+    "$venv/bin/python" bench/airflow_backends_bench.py "$backend_root" "$backend" 5000
+    rm -rf "$backend_root"
+done | python3 -c 'import json, sys; print(json.dumps({k: v for line in sys.stdin for k, v in json.loads(line).items()}))' \
+    > target/criterion/side_by_side/backends.json
+
 {
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); files in $STATEHOST_BENCH_DIR ($(df --output=fstype "$STATEHOST_BENCH_DIR" | tail -1))"
     echo

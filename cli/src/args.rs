@@ -13,6 +13,7 @@ Examples:
   statehost asset-state --name orders get watermark
   statehost rows --json                            # rows as stored, envelopes visible
   statehost gc --dry-run                           # what gc would delete
+  statehost gc --airflow-db sqlite:////opt/airflow/airflow.db   # orphans of Airflow's rows
   statehost conformance ./libstatehost_kv.so --options kv.toml
 
 Exit codes: 0 ok, 1 no value (get) or a failed conformance check, 2 bad
@@ -86,7 +87,9 @@ pub enum Command {
         json: bool,
     },
     /// Delete expired task state and the objects behind it, and objects no row references
-    #[command(after_help = "Example: statehost gc --dry-run")]
+    #[command(
+        after_help = "Examples:\n  statehost gc --dry-run\n  statehost gc --airflow-db sqlite:////opt/airflow/airflow.db --dry-run\n\nWith --airflow-db, the rows are Airflow's (its task_state_store and asset_state_store\ntables, read-only) and the storage must be one an Airflow worker with\nstatehost.airflow.StatehostBackend claimed; objects no Airflow row references are\ndeleted once older than [state_store] orphan_grace."
+    )]
     Gc {
         /// Count what would be deleted, delete nothing
         #[arg(long)]
@@ -94,6 +97,9 @@ pub enum Command {
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        /// Collect the storage Airflow's database owns: its URL (sqlite:////path or postgresql://...)
+        #[arg(long, value_name = "URL", env = "STATEHOST_AIRFLOW_DB")]
+        airflow_db: Option<String>,
     },
     /// A short guided round trip, on a throwaway store and backend root
     #[command(after_help = "Example: statehost demo --dir /tmp/statehost-demo")]

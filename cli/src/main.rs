@@ -153,7 +153,16 @@ fn run(cli: Cli, out: &mut Out) -> Result<(), Failure> {
             commands::state::asset(&config()?, asset, action, out)
         }
         Command::Rows { json } => commands::rows::run(&config()?, json, out),
-        Command::Gc { dry_run, json } => commands::gc::run(&config()?, dry_run, json, out),
+        Command::Gc {
+            dry_run,
+            json,
+            airflow_db: Some(url),
+        } => commands::airflow_gc::run(&config()?, &url, dry_run, json, out),
+        Command::Gc {
+            dry_run,
+            json,
+            airflow_db: None,
+        } => commands::gc::run(&config()?, dry_run, json, out),
         Command::Demo { dir, configured } => {
             commands::demo::run(&config()?, dir.as_deref(), configured, out)
         }

@@ -84,10 +84,13 @@
 
 #![deny(missing_docs)]
 
+pub mod airflow_db;
 pub mod backend;
+pub mod bridge;
 pub mod config;
 mod error;
 pub mod files;
+pub mod ownership;
 pub mod plugin;
 pub mod secrets;
 pub mod state;

@@ -1,5 +1,6 @@
 //! One module per group of commands.
 
+pub mod airflow_gc;
 pub mod conformance;
 pub mod demo;
 pub mod gc;

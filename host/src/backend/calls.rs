@@ -77,6 +77,9 @@ struct Pool {
     receiver: Receiver<Job>,
     /// Threads waiting for work, minus jobs queued for them (see `submit`).
     idle: Arc<AtomicUsize>,
+    /// The process that made the pool. A forked child inherits the pool's
+    /// memory but none of its threads.
+    pid: u32,
 }
 
 impl Pool {
@@ -86,6 +89,7 @@ impl Pool {
             sender,
             receiver,
             idle: Arc::new(AtomicUsize::new(0)),
+            pid: std::process::id(),
         }
     }
 
@@ -94,6 +98,14 @@ impl Pool {
     /// waits behind hung ones; a thread starts only when none is idle, so
     /// the threads are never more than the calls in flight.
     fn submit(&self, job: Job) -> std::io::Result<()> {
+        if std::process::id() != self.pid {
+            // A forked child: the idle threads counted here are the
+            // parent's, so each call gets a thread of its own.
+            return std::thread::Builder::new()
+                .name("statehost-call".into())
+                .spawn(move || job(&mut || {}))
+                .map(drop);
+        }
         let reserved = self
             .idle
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))

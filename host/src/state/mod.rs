@@ -486,8 +486,14 @@ impl StateHost {
         self.inner.store.rows()
     }
 
-    /// Garbage collection; see [`GcReport`].
+    /// Garbage collection; see [`GcReport`]. Refused when an Airflow
+    /// worker has claimed the backend's storage (see
+    /// [`crate::ownership`]): Airflow's database holds its references, so
+    /// every object there would look orphaned.
     pub fn gc(&self, dry_run: bool, progress: impl FnMut(usize, usize)) -> Result<GcReport> {
+        if let Some(calls) = self.inner.calls() {
+            crate::ownership::check(calls, crate::ownership::Owner::Statehost)?;
+        }
         gc::run(self, dry_run, progress)
     }
 

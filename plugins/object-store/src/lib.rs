@@ -15,6 +15,7 @@
 //! zstd_level = 3
 //! encryption_key_env = "STATEHOST_KEY"  # AES-256-GCM key (64 hex digits or base64)
 //! operation_timeout_ms = 25000          # one operation, retries included
+//! common_io_paths = false               # also read and remove what Airflow's common-io backend wrote
 //!
 //! [backends.object_store.options]       # handed to the store's builder
 //! region = "eu-west-1"
@@ -44,6 +45,7 @@
 //! plugin-api's shared layout does the rest.
 
 pub mod codec;
+mod common_io;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,10 +57,11 @@ use object_store::{ObjectStore, ObjectStoreScheme, PutPayload, RetryConfig};
 use serde::Deserialize;
 use statehost_plugin_api::{
     BackendError, BackendPlugin, Capabilities, ErrorKind, HostContext, Options, PathStore,
-    export_backend,
+    ScopeRef, Serialized, StateBackend, StateKey, StoredObject, WriteId, export_backend,
 };
 
 use crate::codec::Codec;
+use crate::common_io::CommonIoPaths;
 
 /// Options of `[backends.object_store]`.
 #[derive(Debug, Deserialize)]
@@ -81,6 +84,10 @@ struct StoreOptions {
     encryption_key_env: Option<String>,
     #[serde(default = "default_operation_timeout_ms")]
     operation_timeout_ms: u64,
+    /// Also read the references Airflow's common-io backend wrote under
+    /// this URL, and remove its objects on delete and clear.
+    #[serde(default)]
+    common_io_paths: bool,
 }
 
 fn default_operation_timeout_ms() -> u64 {
@@ -379,7 +386,95 @@ impl PathStore for ObjectStoreBackend {
     }
 }
 
-impl BackendPlugin for ObjectStoreBackend {
+/// The exported backend: the objects of the shared layout, plus (with
+/// `common_io_paths`) what Airflow's common-io backend wrote under the same
+/// URL.
+#[derive(Debug)]
+pub struct ObjectStorePlugin {
+    objects: ObjectStoreBackend,
+    common_io: Option<CommonIoPaths>,
+}
+
+impl ObjectStorePlugin {
+    /// The value at common-io's path `relative`.
+    fn read_common_io(&self, relative: &str) -> Result<String, BackendError> {
+        let location = self.objects.location(relative)?;
+        let bytes = self
+            .objects
+            .run(format_args!("reading {location}"), async {
+                self.objects.store.get(&location).await?.bytes().await
+            })?;
+        common_io::decode(relative, &bytes)
+    }
+
+    fn remove_common_io_under(&self, prefix: &str) -> Result<(), BackendError> {
+        match self.objects.remove_under(prefix) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl StateBackend for ObjectStorePlugin {
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        self.objects.serialize(at, write_id, value)
+    }
+
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        if let Some(relative) = self.common_io.as_ref().and_then(|c| c.relative(reference)) {
+            return self.read_common_io(&relative);
+        }
+        self.objects.deserialize(reference, owner)
+    }
+
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        if let Some(relative) = self.common_io.as_ref().and_then(|c| c.relative(reference)) {
+            return self.objects.remove(&relative);
+        }
+        self.objects.delete_object(reference, owner)
+    }
+
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.objects.delete(at)?;
+        if let Some(common_io) = &self.common_io {
+            for path in common_io.key_paths(at) {
+                self.objects.remove(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        self.objects.clear(scope, all_map_indices)?;
+        if let Some(common_io) = &self.common_io {
+            self.remove_common_io_under(&common_io.scope_prefix(scope, all_map_indices))?;
+        }
+        Ok(())
+    }
+
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
+        self.objects.list(scope)
+    }
+
+    fn sweep(&self, older_than: SystemTime) -> Result<usize, BackendError> {
+        self.objects.sweep(older_than)
+    }
+}
+
+impl BackendPlugin for ObjectStorePlugin {
     const NAME: &'static str = "object_store";
     const DESCRIPTION: &'static str = "each value an object in S3, GCS, Azure Blob, local files or memory, chosen by URL; optional zstd and AES-256-GCM";
     const CAPABILITIES: Capabilities = Capabilities::LIST;
@@ -439,7 +534,8 @@ impl BackendPlugin for ObjectStoreBackend {
             build_store(&url, &options.options, retry)?
         };
         log::info!("object_store backend at {url} ({store})");
-        Ok(ObjectStoreBackend {
+        let common_io = options.common_io_paths.then(|| CommonIoPaths::new(&url));
+        let objects = ObjectStoreBackend {
             store,
             prefix,
             codec: Codec::new(
@@ -449,11 +545,12 @@ impl BackendPlugin for ObjectStoreBackend {
             inline_threshold_bytes: options.inline_threshold_bytes,
             runtime: Some(runtime),
             operation_timeout: Duration::from_millis(options.operation_timeout_ms),
-        })
+        };
+        Ok(ObjectStorePlugin { objects, common_io })
     }
 }
 
-export_backend!(ObjectStoreBackend);
+export_backend!(ObjectStorePlugin);
 
 #[cfg(test)]
 mod tests {
@@ -461,8 +558,8 @@ mod tests {
     use serde_json::json;
     use statehost_plugin_api::{Serialized, StateBackend, StateKey, TaskScope, conformance};
 
-    fn backend(options: serde_json::Value) -> Result<ObjectStoreBackend, BackendError> {
-        <ObjectStoreBackend as BackendPlugin>::new(&Options::new(options), &HostContext::new())
+    fn backend(options: serde_json::Value) -> Result<ObjectStorePlugin, BackendError> {
+        <ObjectStorePlugin as BackendPlugin>::new(&Options::new(options), &HostContext::new())
     }
 
     #[test]
@@ -535,7 +632,7 @@ mod tests {
         assert!(az.is_ok(), "{:?}", az.err());
     }
 
-    fn write(b: &ObjectStoreBackend, scope: &TaskScope, key: &str, value: &str) -> Serialized {
+    fn write(b: &ObjectStorePlugin, scope: &TaskScope, key: &str, value: &str) -> Serialized {
         b.serialize(StateKey::task(scope, key), conformance::write_id(), value)
             .unwrap()
     }

@@ -75,7 +75,7 @@ pub fn gc(config: &Config, airflow_db: &str, dry_run: bool) -> Result<AirflowGcR
         .run_long("list", |b| b.list(None))
         .map_err(|e| list_error(&calls, e))?;
     let referenced = db.references()?;
-    let grace_ms = config.state_store.orphan_grace.as_millis() as i64;
+    let grace_ms = i64::try_from(config.state_store.orphan_grace.as_millis()).unwrap_or(i64::MAX);
     let mut report = AirflowGcReport {
         dry_run,
         ..AirflowGcReport::default()
@@ -90,17 +90,23 @@ pub fn gc(config: &Config, airflow_db: &str, dry_run: bool) -> Result<AirflowGcR
             report.referenced += 1;
             continue;
         }
-        let written_ms = object.write_id.map(|id| id.unix_ms() as i64).or_else(|| {
-            object
-                .modified
-                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as i64)
-        });
+        // The younger of the two ages where both are known: the write id
+        // is the worker's clock, the modification time the storage's, and
+        // Airflow lands a row after its object with no fence to refuse a
+        // late one (see README, "The guarantees under Airflow").
+        let modified_ms = object
+            .modified
+            .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let written_ms = match (object.write_id.map(|id| id.unix_ms() as i64), modified_ms) {
+            (Some(id), Some(modified)) => Some(id.max(modified)),
+            (id, modified) => id.or(modified),
+        };
         let Some(written_ms) = written_ms else {
             report.unknown_age += 1;
             continue;
         };
-        if t0_ms - written_ms <= grace_ms {
+        if t0_ms.saturating_sub(written_ms) <= grace_ms {
             report.young += 1;
             continue;
         }
@@ -144,8 +150,8 @@ enum AirflowDb {
     Postgres(Box<postgres::Client>),
 }
 
-const ROWS: &str =
-    "SELECT value FROM task_state_store UNION ALL SELECT value FROM asset_state_store";
+/// Every row's value as text (a `json` column too), NULLs included.
+const ROWS: &str = "SELECT CAST(value AS TEXT) FROM task_state_store UNION ALL SELECT CAST(value AS TEXT) FROM asset_state_store";
 
 impl AirflowDb {
     /// Opens Airflow's `sql_alchemy_conn` URL: `sqlite:////absolute/path`
@@ -238,13 +244,13 @@ impl AirflowDb {
 
     /// Every reference Airflow's state rows hold.
     fn references(&mut self) -> Result<HashSet<String>> {
-        let values: Vec<String> = match self {
+        let values: Vec<Option<String>> = match self {
             AirflowDb::Sqlite(c) => {
                 let mut statement = c.prepare(ROWS).map_err(|e| Error::Store {
                     message: format!("Airflow's database: {e} (is it Airflow 3.3 or later?)"),
                 })?;
                 let rows = statement
-                    .query_map([], |r| r.get::<_, String>(0))
+                    .query_map([], |r| r.get::<_, Option<String>>(0))
                     .map_err(|e| Error::Store {
                         message: format!("Airflow's database: {e}"),
                     })?;
@@ -263,15 +269,55 @@ impl AirflowDb {
                     ),
                 })?
                 .iter()
-                .map(|r| r.get::<_, String>(0))
-                .collect(),
+                .map(|r| r.try_get::<_, Option<String>>(0))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::Store {
+                    message: format!(
+                        "Airflow's database: a row's value cannot be read as text ({})",
+                        crate::store::tls::error_line(&e)
+                    ),
+                })?,
         };
-        Ok(values
-            .iter()
-            .filter_map(|text| match envelope::unwrap(text) {
-                Ok(Stored::Reference(r)) => Some(r.into_owned()),
-                _ => None,
-            })
-            .collect())
+        let mut referenced = HashSet::new();
+        for text in values.iter().flatten() {
+            referenced_by(text, &mut referenced)?;
+        }
+        Ok(referenced)
     }
+}
+
+/// Adds what a row's value may reference. An envelope names its reference;
+/// a value that mentions the envelope's key in any other shape (nested,
+/// encoded twice) keeps every string in it, so that a row read in a way
+/// this code does not expect can only keep objects, never lose them; one
+/// that cannot be read at all stops gc.
+fn referenced_by(text: &str, into: &mut HashSet<String>) -> Result<()> {
+    if let Ok(Stored::Reference(r)) = envelope::unwrap(text) {
+        into.insert(r.into_owned());
+        return Ok(());
+    }
+    if !text.contains(envelope::MARKER) {
+        return Ok(());
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::Store {
+        message: format!(
+            "Airflow's database: a row mentions {:?} but is not JSON ({e}); nothing was collected, as the objects it may reference cannot be known",
+            envelope::MARKER
+        ),
+    })?;
+    let mut stack = vec![&value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) => {
+                into.insert(s.clone());
+                if s.contains(envelope::MARKER) {
+                    referenced_by(s, into)?;
+                }
+            }
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -100,6 +100,7 @@ impl Bridge {
 
     fn serialize(&self, scope: Scope, key: &str, value: JsonText<'_>) -> Result<Stored> {
         check_key(key)?;
+        crate::ownership::check_not_reserved(&scope)?;
         let value = value.0;
         let write_id = WriteId::from_parts(now_ms(), rand::random::<u128>());
         let owner = Arc::new((scope, key.to_string()));
@@ -165,6 +166,7 @@ impl Bridge {
     /// Removes every object of `key` in `scope` (missing is fine).
     pub fn delete(&self, scope: Scope, key: &str) -> Result<()> {
         check_key(key)?;
+        crate::ownership::check_not_reserved(&scope)?;
         let owner = Arc::new((scope, key.to_string()));
         self.calls
             .run_plain("delete", move |b| b.delete(at(&owner)))
@@ -174,6 +176,7 @@ impl Bridge {
     /// Removes every object of `scope`; for a task, of every map index with
     /// `all_map_indices`.
     pub fn clear(&self, scope: Scope, all_map_indices: bool) -> Result<()> {
+        crate::ownership::check_not_reserved(&scope)?;
         let shown = scope.to_string();
         self.calls
             .run_plain("clear", move |b| b.clear(scope.as_ref(), all_map_indices))

@@ -33,6 +33,9 @@ pub const OWNER_ASSET: &str = "__statehost_owner__";
 /// The marker's key.
 pub const OWNER_KEY: &str = "owner";
 
+/// The largest marker written to get past a backend's inline threshold.
+const MAX_MARKER_BYTES: usize = 1 << 20;
+
 /// Who keeps the rows that reference a storage's objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -66,6 +69,20 @@ impl Owner {
             Owner::Statehost => "`statehost gc` with the config of that store",
             Owner::Airflow => "`statehost gc --airflow-db URL` with Airflow's database",
         }
+    }
+}
+
+/// Refuses a caller's operation on the marker's asset: only the host
+/// writes, reads or removes it (a task that cleared it, or wrote another
+/// value there, would unclaim the storage or stop every worker).
+pub fn check_not_reserved(scope: &Scope) -> Result<()> {
+    match scope {
+        Scope::Asset(asset) if asset.name() == Some(OWNER_ASSET) => Err(Error::InvalidInput {
+            message: format!(
+                "the asset name {OWNER_ASSET:?} is reserved for statehost's record of who owns the storage; use another name"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -169,33 +186,42 @@ pub fn claim(calls: &Arc<Calls>, owner: Owner) -> Result<()> {
         return Ok(());
     }
     let scope = owner_scope();
-    let value = marker_value(owner).to_string();
-    let write_id = WriteId::from_parts(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default(),
-        rand::random::<u128>(),
-    );
-    let text = value.clone();
-    // Under the deadline like any call; a marker written late is a
-    // duplicate claim of the same owner, which is harmless.
-    let serialized = calls
-        .run_plain("serialize", move |b| {
-            b.serialize(StateKey::asset(&scope, OWNER_KEY), write_id, &text)
-        })
-        .map_err(|e| marker_error(calls, "write", e))?;
-    match serialized {
-        statehost_plugin_api::Serialized::Reference(_) => {}
-        statehost_plugin_api::Serialized::Inline => {
-            return Err(marker_error(
-                calls,
-                "write",
-                BackendError::invalid_input(format!(
-                    "it keeps the {}-byte ownership marker inline, so the storage's owner cannot be recorded; lower its inline threshold",
-                    value.len()
-                )),
-            ));
+    let mut value = marker_value(owner);
+    // A backend keeps values below its inline threshold in the row, where
+    // no listing finds them: pad the marker until it is stored as an
+    // object (or give up at 1 MiB).
+    loop {
+        let text = value.to_string();
+        let write_id = WriteId::from_parts(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or_default(),
+            rand::random::<u128>(),
+        );
+        let (at_scope, written) = (scope.clone(), text.clone());
+        // Under the deadline like any call; a marker written late is a
+        // duplicate claim of the same owner, which is harmless.
+        let serialized = calls
+            .run_plain("serialize", move |b| {
+                b.serialize(StateKey::asset(&at_scope, OWNER_KEY), write_id, &written)
+            })
+            .map_err(|e| marker_error(calls, "write", e))?;
+        match serialized {
+            statehost_plugin_api::Serialized::Reference(_) => break,
+            statehost_plugin_api::Serialized::Inline if text.len() < MAX_MARKER_BYTES => {
+                value["padding"] = serde_json::Value::String(" ".repeat(text.len() * 4));
+            }
+            statehost_plugin_api::Serialized::Inline => {
+                return Err(marker_error(
+                    calls,
+                    "write",
+                    BackendError::invalid_input(format!(
+                        "it keeps even a {}-byte ownership marker inline, so the storage's owner cannot be recorded; lower its inline threshold",
+                        text.len()
+                    )),
+                ));
+            }
         }
     }
     // Two first users at once: both wrote; the loser of a mixed pair

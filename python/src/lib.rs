@@ -137,13 +137,14 @@ fn write_json(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> Resu
                 if b.is_true() { "true" } else { "false" }.to_string()
             } else if k.is_none() {
                 "null".to_string()
-            } else if k.cast::<PyInt>().is_ok() || k.cast::<PyFloat>().is_ok() {
+            } else if let Ok(f) = k.cast::<PyFloat>() {
+                // As json.dumps writes a float key: float.__repr__ ("1e-07").
+                let mut checked = Vec::new();
+                write_float(f.value(), &mut checked)?;
+                f.repr().map_err(text_error)?.to_string()
+            } else if k.cast::<PyInt>().is_ok() {
                 let mut text = Vec::new();
-                if let Ok(f) = k.cast::<PyFloat>() {
-                    write_float(f.value(), &mut text)?;
-                } else {
-                    write_int(&k, &mut text)?;
-                }
+                write_int(&k, &mut text)?;
                 String::from_utf8(text).expect("digits")
             } else {
                 return Err(format!(
@@ -445,7 +446,22 @@ fn reference_or_text(stored: Stored, text: &str) -> String {
 /// A whole statehost host: the configured backend and metadata store.
 #[pyclass(frozen, module = "statehost._native")]
 struct HostHandle {
-    host: StateHost,
+    config: statehost::config::Config,
+    /// The host, and the process that opened it: a forked child opens its
+    /// own (the parent's backend may need threads a fork does not copy).
+    host: std::sync::Mutex<(u32, StateHost)>,
+}
+
+impl HostHandle {
+    /// This process's host.
+    fn host(&self) -> Result<StateHost, Error> {
+        let mut host = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if host.0 != pid {
+            *host = (pid, StateHost::open(&self.config)?);
+        }
+        Ok(host.1.clone())
+    }
 }
 
 #[pymethods]
@@ -455,16 +471,20 @@ impl HostHandle {
     fn new(py: Python<'_>, config: Option<PathBuf>, plugins_dir: PathBuf) -> PyResult<Self> {
         py.detach(|| {
             let config = load_config(config.as_deref(), &plugins_dir)?;
-            StateHost::open(&config)
+            let host = StateHost::open(&config)?;
+            Ok(HostHandle {
+                config,
+                host: std::sync::Mutex::new((std::process::id(), host)),
+            })
         })
-        .map(|host| HostHandle { host })
         .map_err(|e| to_py(py, e))
     }
 
     /// The backend's name, or None without one.
     #[getter]
     fn backend_name(&self) -> Option<String> {
-        self.host.backend_name().map(str::to_string)
+        let host = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        host.1.backend_name().map(str::to_string)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -479,7 +499,7 @@ impl HostHandle {
     ) -> PyResult<Option<String>> {
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            let value = self.host.task_state(scope).get(key)?;
+            let value = self.host()?.task_state(scope).get(key)?;
             Ok(value.map(|v| v.to_string()))
         })
         .map_err(|e| to_py(py, e))
@@ -498,7 +518,9 @@ impl HostHandle {
     ) -> PyResult<()> {
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.host.task_state(scope).set(key, &parse_value(value)?)
+            self.host()?
+                .task_state(scope)
+                .set(key, &parse_value(value)?)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -514,7 +536,7 @@ impl HostHandle {
     ) -> PyResult<()> {
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.host.task_state(scope).delete(key)
+            self.host()?.task_state(scope).delete(key)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -530,7 +552,7 @@ impl HostHandle {
     ) -> PyResult<()> {
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.host.task_state(scope).clear(all_map_indices)
+            self.host()?.task_state(scope).clear(all_map_indices)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -544,7 +566,7 @@ impl HostHandle {
     ) -> PyResult<Option<String>> {
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            let value = self.host.asset_state(&scope)?.get(key)?;
+            let value = self.host()?.asset_state(&scope)?.get(key)?;
             Ok(value.map(|v| v.to_string()))
         })
         .map_err(|e| to_py(py, e))
@@ -560,7 +582,7 @@ impl HostHandle {
     ) -> PyResult<()> {
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.host
+            self.host()?
                 .asset_state(&scope)?
                 .set(key, &parse_value(value)?)
         })
@@ -576,7 +598,7 @@ impl HostHandle {
     ) -> PyResult<()> {
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.host.asset_state(&scope)?.delete(key)
+            self.host()?.asset_state(&scope)?.delete(key)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -584,14 +606,14 @@ impl HostHandle {
     fn asset_clear(&self, py: Python<'_>, name: Option<&str>, uri: Option<&str>) -> PyResult<()> {
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.host.asset_state(&scope)?.clear()
+            self.host()?.asset_state(&scope)?.clear()
         })
         .map_err(|e| to_py(py, e))
     }
 
     /// Garbage collection; the report as JSON text.
     fn gc(&self, py: Python<'_>, dry_run: bool) -> PyResult<String> {
-        py.detach(|| self.host.gc(dry_run, |_, _| {}))
+        py.detach(|| self.host()?.gc(dry_run, |_, _| {}))
             .map(|report| serde_json::to_string(&report).unwrap_or_default())
             .map_err(|e| to_py(py, e))
     }

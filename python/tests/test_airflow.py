@@ -299,8 +299,16 @@ def test_a_constructor_panic_is_a_config_error(airflow, write_config, faulty_lib
     assert "panic" in one_line(caught.value)
 
 
-def test_a_fork_after_load_keeps_working(airflow, fs_config):
-    af = airflow(fs_config)
+@pytest.mark.parametrize("which", ["fs", "object_store"])
+def test_a_fork_after_load_keeps_working(airflow, write_config, tmp_path, which):
+    # The object-store plugin's I/O threads do not survive a fork: the
+    # child needs an instance of its own.
+    (tmp_path / "bucket").mkdir()
+    options = {
+        "fs": 'root = "objects"',
+        "object_store": f'url = "file://{tmp_path}/bucket"',
+    }[which]
+    af = airflow(write_config(f'[workers]\nstate_backend = "{which}"\n[backends.{which}]\n{options}\n'))
     af.task().set("k", "parent")
     pid = os.fork()
     if pid == 0:
@@ -339,3 +347,35 @@ def test_interpreter_exit_with_threads_inside_native_calls(faulty_library, tmp_p
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "exiting" in done.stdout
+
+
+def test_the_ownership_marker_is_out_of_a_tasks_reach(airflow, fs_config):
+    af = airflow(fs_config)
+    af.task().set("k", 1)  # the worker claimed the storage
+    root = fs_config.parent / "objects"
+    marker = [p for p in root.rglob("*") if p.is_file() and "statehost_owner" in str(p)]
+    assert marker
+    reserved = af.asset(name="__statehost_owner__")
+    for attempt in (lambda: reserved.set("owner", {"owner": "statehost"}), lambda: reserved.delete("owner"), reserved.clear):
+        with pytest.raises(Exception, match="reserved"):
+            attempt()
+    assert [p for p in root.rglob("*") if p.is_file() and "statehost_owner" in str(p)] == marker
+    # A new worker still starts.
+    from airflow.sdk.execution_time import context as ctx
+
+    ctx._get_worker_state_store_backend.cache_clear()
+    af.task().set("k", 2)
+    assert af.task().get("k") == 2
+
+
+def test_a_backend_that_keeps_small_values_inline_still_claims_its_storage(airflow, write_config, tmp_path):
+    (tmp_path / "bucket").mkdir()
+    config = write_config(
+        '[workers]\nstate_backend = "object_store"\n'
+        f'[backends.object_store]\nurl = "file://{tmp_path}/bucket"\ninline_threshold_bytes = 1000\n'
+    )
+    af = airflow(config)
+    af.task().set("small", 1)
+    assert af.task().get("small") == 1
+    marker = [p for p in (tmp_path / "bucket").rglob("*") if p.is_file() and "statehost_owner" in str(p)]
+    assert marker, "the marker was kept inline, where no listing finds it"

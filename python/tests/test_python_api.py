@@ -227,7 +227,7 @@ def test_values_encode_as_pythons_json_module_does(memory_config):
     import json
 
     state = StateHost(memory_config).task_state("d", "r", "t")
-    for value in [2**70, -(2**100), (1, "a"), {1: "int key", 2.5: "float", True: "bool", None: "none"}, "\ud7ff€𝄞"]:
+    for value in [2**70, -(2**100), (1, "a"), {1: "int key", 2.5: "float", 1e-07: "small", 1e22: "big", True: "bool", None: "none"}, "\ud7ff€𝄞"]:
         state.set("k", value)
         assert state.get("k") == json.loads(json.dumps(value))
     with pytest.raises(InvalidInputError, match="keys must be"):
@@ -262,3 +262,32 @@ def test_numbers_keep_every_digit(memory_config):
     assert state.get("n") == 1.5 and isinstance(state.get("n"), float)
     with pytest.raises(InvalidInputError, match="out of range"):
         state.set("n", Decimal("NaN"))
+
+
+def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
+    import os
+
+    (tmp_path / "bucket").mkdir()
+    config = write_config(
+        '[workers]\nstate_backend = "object_store"\nstate_backend_timeout_ms = 3000\n'
+        f'[backends.object_store]\nurl = "file://{tmp_path}/bucket"\n[database]\nurl = "sqlite://state.db"\n'
+    )
+    state = StateHost(config).task_state("d", "r", "t")
+    state.set("k", "parent")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            state.set("child", 1)
+            code = 0 if state.get("child") == 1 and state.get("k") == "parent" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert state.get("child") == 1
+
+
+def test_the_ownership_marker_is_reserved(fs_config):
+    host = StateHost(fs_config)
+    with pytest.raises(InvalidInputError, match="reserved"):
+        host.asset_state(name="__statehost_owner__").set("owner", 1)

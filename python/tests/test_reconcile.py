@@ -174,3 +174,19 @@ def test_airflows_postgresql_rows_are_read(airflow, short_grace_config, tmp_path
         assert task.get("replaced") == 2 and task.get("kept") == 1
     finally:
         subprocess.run([psql, url, "-q", "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], timeout=60)
+
+
+def test_a_row_read_in_an_unexpected_shape_keeps_its_object(airflow, short_grace_config, tmp_path):
+    af = airflow(short_grace_config)
+    root = short_grace_config.parent / "objects"
+    af.task().set("a", 1)
+    envelope = af.task_row("a")
+    url = airflow_db(tmp_path / "airflow.db", af.comms)
+    # The same envelope, encoded twice (a JSON string holding it).
+    db = sqlite3.connect(tmp_path / "airflow.db")
+    db.execute("UPDATE task_state_store SET value = ? WHERE key = 'a'", (json.dumps(json.dumps(envelope)),))
+    db.commit()
+    db.close()
+    time.sleep(1.2)
+    assert statehost.airflow.gc(url)["orphans"] == 0
+    assert len(objects(root)) == 1

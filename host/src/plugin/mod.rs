@@ -596,7 +596,8 @@ pub fn stray_sections(config: &Config, in_use: &[&str]) -> Vec<String> {
         .collect()
 }
 
-type SharedSlot = Mutex<Option<(String, Result<Option<Arc<LoadedBackend>>>)>>;
+/// The loaded backend, with what it was loaded as and in which process.
+type SharedSlot = Mutex<Option<(String, u32, Result<Option<Arc<LoadedBackend>>>)>>;
 
 /// The process's one backend instance, shared by every caller and thread.
 ///
@@ -604,6 +605,11 @@ type SharedSlot = Mutex<Option<(String, Result<Option<Arc<LoadedBackend>>>)>>;
 /// the same backend and options get the same instance (or the same error)
 /// without touching the library again. A call for a different backend is an
 /// error: libraries are never unloaded, so switching needs a restart.
+///
+/// A process forked after the load gets an instance of its own, made in
+/// it: the parent's may depend on threads (an I/O runtime, say) that a
+/// fork does not copy. The parent's instance is left alone (dropping it
+/// could wait for those threads).
 pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
     static SHARED: SharedSlot = Mutex::new(None);
     let identity = match config.state_backend.as_deref() {
@@ -632,9 +638,16 @@ pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
         }
     };
     let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    if slot
+        .as_ref()
+        .is_some_and(|(_, loaded_in, _)| *loaded_in != pid)
+    {
+        std::mem::forget(slot.take());
+    }
     match &*slot {
-        Some((loaded, result)) if *loaded == identity => result.clone(),
-        Some((loaded, _)) => Err(Error::OtherBackendLoaded {
+        Some((loaded, _, result)) if *loaded == identity => result.clone(),
+        Some((loaded, _, _)) => Err(Error::OtherBackendLoaded {
             loaded: loaded.clone(),
             requested: identity,
         }),
@@ -645,7 +658,7 @@ pub fn shared_backend(config: &Config) -> Result<Option<Arc<LoadedBackend>>> {
                     "the configured backend failed to load, and will not be tried again in this process: {e}"
                 );
             }
-            *slot = Some((identity, result.clone()));
+            *slot = Some((identity, pid, result.clone()));
             result
         }
     }

@@ -456,11 +456,17 @@ impl StateHost {
     /// uri of the same asset share rows and backend namespace. Nothing is
     /// registered until a value is set.
     pub fn asset_state(&self, asset: &statehost_plugin_api::AssetScope) -> Result<AssetState> {
+        crate::ownership::check_not_reserved(&statehost_plugin_api::Scope::Asset(asset.clone()))?;
         AssetState::new(self.clone(), asset.clone())
     }
 
     /// The states of a task's assets, keyed by asset.
     pub fn assets(&self, assets: Vec<statehost_plugin_api::AssetScope>) -> Result<AssetStates> {
+        for asset in &assets {
+            crate::ownership::check_not_reserved(&statehost_plugin_api::Scope::Asset(
+                asset.clone(),
+            ))?;
+        }
         AssetStates::new(self, assets)
     }
 

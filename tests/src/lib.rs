@@ -307,6 +307,23 @@ impl Sandbox {
     }
 }
 
+/// `statehost task-state` for one task instance (`d`/`r`/`t`), the prefix
+/// of the CLI tests' task commands.
+pub const TASK: [&str; 7] = [
+    "task-state",
+    "--dag-id",
+    "d",
+    "--run-id",
+    "r",
+    "--task-id",
+    "t",
+];
+
+/// [`TASK`] followed by `rest`.
+pub fn task_args(rest: &[&str]) -> Vec<String> {
+    TASK.iter().chain(rest).map(|s| s.to_string()).collect()
+}
+
 /// The `statehost` CLI in `dir`, with no `STATEHOST_*` or `RUST_LOG` from
 /// the caller's environment and no config file unless the caller adds one.
 pub fn statehost_command(dir: &Path) -> Command {

@@ -635,19 +635,19 @@ fn int_of(v: ValueRef<'_>, column: &str) -> std::result::Result<i64, String> {
     }
 }
 
+/// The first `N` columns of a row, as stored.
+fn columns<'r, const N: usize>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<[ValueRef<'r>; N]> {
+    let mut out = [ValueRef::Null; N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = r.get_ref(i)?;
+    }
+    Ok(out)
+}
+
 /// A task row from the columns [`TASK_COLUMNS`], or what is wrong with it.
 /// (SQLite keeps whatever type a writer put in a column.)
 fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<std::result::Result<Row, Unreadable>> {
-    let v = [
-        r.get_ref(0)?,
-        r.get_ref(1)?,
-        r.get_ref(2)?,
-        r.get_ref(3)?,
-        r.get_ref(4)?,
-        r.get_ref(5)?,
-        r.get_ref(6)?,
-        r.get_ref(7)?,
-    ];
+    let v: [ValueRef<'_>; 8] = columns(r)?;
     let decoded = (|| -> std::result::Result<Row, String> {
         let scope = TaskScope::new(
             text_of(v[0], "dag_id")?,
@@ -956,15 +956,7 @@ impl MetadataStore for SqliteStore {
                  FROM asset_state s JOIN asset a ON a.id = s.asset_id ORDER BY a.id, s.key",
             )?
             .query_map([], |r| {
-                let v = [
-                    r.get_ref(0)?,
-                    r.get_ref(1)?,
-                    r.get_ref(2)?,
-                    r.get_ref(3)?,
-                    r.get_ref(4)?,
-                    r.get_ref(5)?,
-                    r.get_ref(6)?,
-                ];
+                let v: [ValueRef<'_>; 7] = columns(r)?;
                 let id = match v[0] {
                     ValueRef::Integer(i) => i,
                     _ => -1,

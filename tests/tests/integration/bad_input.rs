@@ -12,27 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
-use statehost_tests::{Sandbox, library, statehost_command, text};
+use statehost_tests::{Sandbox, library, statehost_command, task_args, text};
 
 const BASE: &str = "[workers]\nstate_backend = \"fs\"\n[database]\nurl = \"sqlite://db/meta.db\"\n[backends.fs]\nroot = \"objects\"\n";
 
 const FAULTY: &str = "[workers]\nstate_backend = \"faulty\"\n[database]\nurl = \"sqlite://db/meta.db\"\n[backends.faulty.ops]\nserialize = \"fail:unavailable\"\n";
-
-fn task_args(rest: &[&str]) -> Vec<String> {
-    [
-        "task-state",
-        "--dag-id",
-        "d",
-        "--run-id",
-        "r",
-        "--task-id",
-        "t",
-    ]
-    .iter()
-    .chain(rest)
-    .map(|s| s.to_string())
-    .collect()
-}
 
 fn asset_args(name: &str, uri: Option<&str>, rest: &[&str]) -> Vec<String> {
     let mut args = vec!["asset-state".to_string(), "--name".into(), name.into()];

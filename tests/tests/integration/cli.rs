@@ -7,17 +7,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Output, Stdio};
 
 use serde_json::{Value, json};
-use statehost_tests::{Sandbox, assert_fails, library, statehost_command, text};
-
-const TASK: [&str; 7] = [
-    "task-state",
-    "--dag-id",
-    "d",
-    "--run-id",
-    "r",
-    "--task-id",
-    "t",
-];
+use statehost_tests::{Sandbox, TASK, assert_fails, library, statehost_command, text};
 
 fn fs_sandbox() -> Sandbox {
     let sandbox = Sandbox::with_plugins(&[("statehost_fs", "fs"), ("fixture_faulty", "faulty")]);

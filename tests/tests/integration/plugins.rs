@@ -213,18 +213,11 @@ fn check_reports_the_loaded_backend() {
     // Checking creates nothing; the first write makes the root, relative
     // to the config.
     assert!(!sandbox.path().join("state").exists());
-    let set = [
-        "task-state",
-        "--dag-id",
-        "d",
-        "--run-id",
-        "r",
-        "--task-id",
-        "t",
-        "set",
-        "k",
-        "\"v\"",
-    ];
+    let set: Vec<&str> = statehost_tests::TASK
+        .iter()
+        .chain(&["set", "k", "\"v\""])
+        .copied()
+        .collect();
     assert!(sandbox.run(&set, &[]).status.success());
     assert!(
         sandbox.path().join("state").is_dir(),

@@ -642,15 +642,7 @@ fn the_store_and_the_command_line_use_tls_as_the_url_says() {
     };
     // verify-full with the right CA: the state goes over TLS.
     with_url(&format!("sslmode=verify-full&sslrootcert={right_ca}"));
-    let task = [
-        "task-state",
-        "--dag-id",
-        "d",
-        "--run-id",
-        "r",
-        "--task-id",
-        "t",
-    ];
+    let task = statehost_tests::TASK;
     let set: Vec<&str> = task.iter().copied().chain(["set", "k", "42"]).collect();
     let out = sandbox.run(&set, &[]);
     assert!(out.status.success(), "{:?}", text(&out));

@@ -2,7 +2,7 @@
 //! configuration and the environment, every command runs with `-vv` (and
 //! `--json` where it has it), and stdout and stderr are searched for them.
 
-use statehost_tests::{Sandbox, library, require_env, statehost_command, text};
+use statehost_tests::{Sandbox, TASK, library, require_env, statehost_command, text};
 
 const TOKEN: &str = "PLANTED-faulty-token-2718";
 const ENV_TOKEN: &str = "PLANTED-env-token-9999";
@@ -11,16 +11,6 @@ const PG_PASSWORD: &str = "PLANTED-pg-password-4711";
 /// An AES-256 key (64 hex digits) for the object store's encryption.
 const AES_KEY: &str = "5eC7e75eC7e75eC7e75eC7e75eC7e75eC7e75eC7e75eC7e75eC7e75eC7e7aaaa";
 const PLANTED: [&str; 5] = [TOKEN, ENV_TOKEN, AWS_SECRET, PG_PASSWORD, AES_KEY];
-
-const TASK: [&str; 7] = [
-    "task-state",
-    "--dag-id",
-    "d",
-    "--run-id",
-    "r",
-    "--task-id",
-    "t",
-];
 
 /// Every command that prints, as argument lists (each also runs with -vv).
 fn commands() -> Vec<Vec<&'static str>> {
@@ -182,17 +172,8 @@ fn the_database_password_never_comes_out() {
         stderr.contains("postgresql://postgres:***@") && !stderr.contains(PG_PASSWORD),
         "{stdout} {stderr}"
     );
-    let task = [
-        "task-state",
-        "--dag-id",
-        "d",
-        "--run-id",
-        "r",
-        "--task-id",
-        "t",
-    ];
     for action in [&["set", "k", "1"][..], &["delete", "k"]] {
-        let args: Vec<&str> = task.iter().chain(action).copied().collect();
+        let args: Vec<&str> = TASK.iter().chain(action).copied().collect();
         assert!(sandbox.run(&args, &[]).status.success());
     }
     let rows = sandbox.run(&["rows"], &[]);

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use statehost_plugin_api::{
-    AssetScope, BackendError, ErrorKind, Scope, Serialized, StateKey, TaskScope, WriteId,
+    AssetScope, BackendError, ErrorKind, Scope, ScopeRef, Serialized, StateKey, TaskScope, WriteId,
     validate_key,
 };
 
@@ -84,7 +84,7 @@ impl Bridge {
         key: &str,
         value: JsonText<'_>,
     ) -> Result<Stored> {
-        self.serialize(Scope::Task(scope.clone()), key, value)
+        self.serialize(ScopeRef::Task(scope.as_ref()), key, value)
     }
 
     /// Stores `value` for `key` of an asset (in the namespace of its name
@@ -95,33 +95,40 @@ impl Bridge {
         key: &str,
         value: JsonText<'_>,
     ) -> Result<Stored> {
-        self.serialize(Scope::Asset(scope.clone()), key, value)
+        self.serialize(ScopeRef::Asset(scope.identity()), key, value)
     }
 
-    fn serialize(&self, scope: Scope, key: &str, value: JsonText<'_>) -> Result<Stored> {
+    fn serialize(&self, scope: ScopeRef<'_>, key: &str, value: JsonText<'_>) -> Result<Stored> {
         check_key(key)?;
-        crate::ownership::check_not_reserved(&scope)?;
+        crate::ownership::check_not_reserved(scope)?;
         let value = value.0;
         let write_id = WriteId::from_parts(now_ms(), rand::random::<u128>());
-        let owner = Arc::new((scope, key.to_string()));
-        let late_owner = owner.clone();
-        let text = value.to_string();
-        let result = self.calls.run(
-            "serialize",
-            move |b| b.serialize(at(&owner), write_id, &text),
-            move |b, result| {
-                // The caller stopped waiting: nothing will ever point at
-                // what this write made.
-                if let Ok(Serialized::Reference(reference)) = result
-                    && b.unique_references()
-                    && let Err(e) = b.delete_object(&reference, Some(at(&late_owner)))
-                {
-                    log::warn!(
-                        "cannot delete {reference:?}, written after its caller stopped waiting ({e}); `statehost gc --airflow-db` will collect it"
-                    );
-                }
-            },
-        );
+        let result = if self.calls.on_callers_thread() {
+            // Nothing outlives the call: borrow.
+            self.calls.run_here("serialize", |b| {
+                b.serialize(StateKey { scope, key }, write_id, value)
+            })
+        } else {
+            let owner = Arc::new((scope.to_owned(), key.to_string()));
+            let late_owner = owner.clone();
+            let text = value.to_string();
+            self.calls.run(
+                "serialize",
+                move |b| b.serialize(at(&owner), write_id, &text),
+                move |b, result| {
+                    // The caller stopped waiting: nothing will ever point at
+                    // what this write made.
+                    if let Ok(Serialized::Reference(reference)) = result
+                        && b.unique_references()
+                        && let Err(e) = b.delete_object(&reference, Some(at(&late_owner)))
+                    {
+                        log::warn!(
+                            "cannot delete {reference:?}, written after its caller stopped waiting ({e}); `statehost gc --airflow-db` will collect it"
+                        );
+                    }
+                },
+            )
+        };
         match result {
             Ok(Serialized::Inline) => Ok(Stored::Inline),
             Ok(Serialized::Reference(r)) if r.is_empty() => Err(self.error(
@@ -157,16 +164,21 @@ impl Bridge {
         if is_json_text(reference) {
             return Ok(Text::Host(reference.to_string()));
         }
-        let owned = reference.to_string();
-        self.calls
-            .run_plain("deserialize", move |b| b.deserialize(&owned, None))
-            .map_err(|e| self.read_error(reference, e))
+        let result = if self.calls.on_callers_thread() {
+            self.calls
+                .run_here("deserialize", |b| b.deserialize(reference, None))
+        } else {
+            let owned = reference.to_string();
+            self.calls
+                .run_plain("deserialize", move |b| b.deserialize(&owned, None))
+        };
+        result.map_err(|e| self.read_error(reference, e))
     }
 
     /// Removes every object of `key` in `scope` (missing is fine).
     pub fn delete(&self, scope: Scope, key: &str) -> Result<()> {
         check_key(key)?;
-        crate::ownership::check_not_reserved(&scope)?;
+        crate::ownership::check_not_reserved(scope.as_ref())?;
         let owner = Arc::new((scope, key.to_string()));
         self.calls
             .run_plain("delete", move |b| b.delete(at(&owner)))
@@ -176,7 +188,7 @@ impl Bridge {
     /// Removes every object of `scope`; for a task, of every map index with
     /// `all_map_indices`.
     pub fn clear(&self, scope: Scope, all_map_indices: bool) -> Result<()> {
-        crate::ownership::check_not_reserved(&scope)?;
+        crate::ownership::check_not_reserved(scope.as_ref())?;
         let shown = scope.to_string();
         self.calls
             .run_plain("clear", move |b| b.clear(scope.as_ref(), all_map_indices))
@@ -293,7 +305,16 @@ fn now_ms() -> u64 {
 
 /// Whether `text` is a JSON document (the form of an inline value).
 pub fn is_json_text(text: &str) -> bool {
-    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+    // A JSON document starts (after blanks) with one of these; a backend's
+    // reference usually does not, which settles it without a parse.
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .bytes()
+        .next();
+    matches!(
+        first,
+        Some(b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+    ) && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 /// Whether an error means the object is not there.

@@ -75,13 +75,16 @@ impl Owner {
 /// Refuses a caller's operation on the marker's asset: only the host
 /// writes, reads or removes it (a task that cleared it, or wrote another
 /// value there, would unclaim the storage or stop every worker).
-pub fn check_not_reserved(scope: &Scope) -> Result<()> {
+pub fn check_not_reserved(scope: ScopeRef<'_>) -> Result<()> {
     match scope {
-        Scope::Asset(asset) if asset.name() == Some(OWNER_ASSET) => Err(Error::InvalidInput {
-            message: format!(
-                "the asset name {OWNER_ASSET:?} is reserved for statehost's record of who owns the storage; use another name"
-            ),
-        }),
+        // An asset with a name is known by it.
+        ScopeRef::Asset(AssetIdentity::Name(name)) if name == OWNER_ASSET => {
+            Err(Error::InvalidInput {
+                message: format!(
+                    "the asset name {OWNER_ASSET:?} is reserved for statehost's record of who owns the storage; use another name"
+                ),
+            })
+        }
         _ => Ok(()),
     }
 }

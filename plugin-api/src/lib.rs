@@ -255,11 +255,11 @@
 //! crate-type = ["cdylib", "rlib"]    # cdylib for the host, rlib for your tests
 //!
 //! [dependencies]
-//! statehost-plugin-api = "2.1"
+//! statehost-plugin-api = "2.2"
 //! serde = { version = "1", features = ["derive"] }
 //!
 //! [dev-dependencies]
-//! statehost-plugin-api = { version = "2.1", features = ["conformance"] }
+//! statehost-plugin-api = { version = "2.2", features = ["conformance"] }
 //! statehost-plugin-test = "0.1"
 //! serde_json = "1"
 //! ```

@@ -14,6 +14,14 @@ pub struct Capabilities {
     /// [`StateBackend::sweep`](crate::StateBackend::sweep) is implemented:
     /// the garbage collector can remove leftovers of interrupted writes.
     pub sweep: bool,
+    /// Every call ends in bounded time without waiting on I/O, the network
+    /// or another process (values in this process's memory, for example):
+    /// the host then runs its calls on the caller's thread, without
+    /// `[workers] state_backend_timeout_ms`, which saves the hand-off to a
+    /// pool thread (microseconds) on every call. A promise the host cannot
+    /// check: a backend that declares it and hangs hangs its callers. Since
+    /// 2.2; older hosts ignore it.
+    pub never_blocks: bool,
 }
 
 impl Capabilities {
@@ -21,17 +29,28 @@ impl Capabilities {
     pub const NONE: Capabilities = Capabilities {
         list: false,
         sweep: false,
+        never_blocks: false,
     };
     /// Listing is supported.
     pub const LIST: Capabilities = Capabilities {
         list: true,
         sweep: false,
+        never_blocks: false,
     };
 
     /// These capabilities and sweeping.
     pub const fn with_sweep(self) -> Capabilities {
         Capabilities {
             sweep: true,
+            ..self
+        }
+    }
+
+    /// These capabilities, and the promise that no call blocks (see
+    /// [`never_blocks`](Capabilities::never_blocks)).
+    pub const fn with_never_blocks(self) -> Capabilities {
+        Capabilities {
+            never_blocks: true,
             ..self
         }
     }
@@ -45,6 +64,9 @@ impl Capabilities {
         if self.sweep {
             names.push("sweep".to_string());
         }
+        if self.never_blocks {
+            names.push("never_blocks".to_string());
+        }
         names
     }
 
@@ -54,6 +76,7 @@ impl Capabilities {
         Capabilities {
             list: has("list"),
             sweep: has("sweep"),
+            never_blocks: has("never_blocks"),
         }
     }
 }
@@ -70,7 +93,8 @@ pub struct Metadata {
     pub plugin_api_version: String,
     /// One line on what it stores and where.
     pub description: String,
-    /// Names of optional operations it supports (`"list"`, `"sweep"`).
+    /// Names of optional operations it supports (`"list"`, `"sweep"`) and
+    /// of its promises (`"never_blocks"`).
     pub capabilities: Vec<String>,
     /// Options whose values are secrets (see
     /// [`BackendPlugin::SECRET_OPTIONS`](crate::BackendPlugin::SECRET_OPTIONS)).

@@ -27,11 +27,15 @@ pub type Fields = [&'static str; 6];
 
 /// The capabilities as the section spells them.
 pub const fn capabilities_text(c: Capabilities) -> &'static str {
-    match (c.list, c.sweep) {
-        (false, false) => "",
-        (true, false) => "list",
-        (false, true) => "sweep",
-        (true, true) => "list,sweep",
+    match (c.list, c.sweep, c.never_blocks) {
+        (false, false, false) => "",
+        (true, false, false) => "list",
+        (false, true, false) => "sweep",
+        (true, true, false) => "list,sweep",
+        (false, false, true) => "never_blocks",
+        (true, false, true) => "list,never_blocks",
+        (false, true, true) => "sweep,never_blocks",
+        (true, true, true) => "list,sweep,never_blocks",
     }
 }
 
@@ -212,5 +216,20 @@ mod tests {
         other[7] = 9;
         assert!(decode(&other).unwrap_err().contains("format"));
         assert_eq!(capabilities_text(Capabilities::NONE.with_sweep()), "sweep");
+    }
+
+    #[test]
+    fn every_set_of_capabilities_reads_back_from_its_text() {
+        for bits in 0..8u8 {
+            let c = Capabilities {
+                list: bits & 1 != 0,
+                sweep: bits & 2 != 0,
+                never_blocks: bits & 4 != 0,
+            };
+            let text = capabilities_text(c);
+            let names: Vec<&str> = text.split(',').filter(|n| !n.is_empty()).collect();
+            assert_eq!(Capabilities::from_names(&names), c, "{text:?}");
+            assert_eq!(c.names(), names);
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!
 //! Writes `target/criterion/side_by_side/statehost.json`; `bench/report.py`
 //! prints it next to Airflow's figures. For profiling, `STATEHOST_BENCH_ONLY`
-//! runs one backend (`memory-inline`, ...) and `STATEHOST_BENCH_N` sets N.
+//! runs one backend (`memory-inline`, ...), `STATEHOST_BENCH_SIZE` one value
+//! size (`16` or `1024`) and `STATEHOST_BENCH_N` sets N.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +41,9 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000);
     let only = std::env::var("STATEHOST_BENCH_ONLY").ok();
+    let only_size: Option<usize> = std::env::var("STATEHOST_BENCH_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let mut results = serde_json::Map::new();
     for backend in ["none", "memory", "memory-inline", "fs", "fs-inline"] {
         if only.as_deref().is_some_and(|o| o != backend) {
@@ -47,6 +51,9 @@ fn main() {
         }
         let mut by_size = serde_json::Map::new();
         for size in SIZES {
+            if only_size.is_some_and(|s| s != size) {
+                continue;
+            }
             let (name, inline) = match backend.strip_suffix("-inline") {
                 Some(name) => (name, true),
                 None => (backend, false),

@@ -8,15 +8,17 @@
 //! never holds more threads than calls may be in flight
 //! (`[workers] state_backend_max_in_flight`), and a call beyond that cap
 //! fails at once as "unavailable", so a hung plugin costs errors, never a
-//! thread per call. Without a deadline, calls run on the caller's thread,
-//! still counted against the cap.
+//! thread per call. Without a deadline, or for a backend that declares
+//! [`Capabilities::never_blocks`](statehost_plugin_api::Capabilities::never_blocks)
+//! (its calls end in bounded time without waiting on I/O), calls run on the
+//! caller's thread, still counted against the cap.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use statehost_plugin_api::BackendError;
+use statehost_plugin_api::{BackendError, StateKey};
 
 use super::Backend;
 
@@ -204,6 +206,9 @@ pub struct Calls {
     name: String,
     backend: Arc<dyn Backend>,
     limits: Limits,
+    /// Calls run on the caller's thread: no deadline, or a backend that
+    /// never blocks.
+    on_caller: bool,
     in_flight: Arc<AtomicUsize>,
     pool: Pool,
 }
@@ -232,6 +237,7 @@ impl Calls {
     pub fn new(name: impl Into<String>, backend: Arc<dyn Backend>, limits: Limits) -> Self {
         Calls {
             name: name.into(),
+            on_caller: limits.deadline.is_none() || backend.capabilities().never_blocks,
             backend,
             limits: Limits {
                 max_in_flight: limits.max_in_flight.max(1),
@@ -252,9 +258,16 @@ impl Calls {
         &self.backend
     }
 
-    /// The limits in force.
+    /// The limits configured.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether calls run on the caller's thread, without a deadline: none
+    /// is configured, or the backend never blocks. Only then may a call
+    /// borrow its arguments ([`run_here`](Calls::run_here)).
+    pub fn on_callers_thread(&self) -> bool {
+        self.on_caller
     }
 
     /// Calls running now, abandoned ones included.
@@ -323,7 +336,7 @@ impl Calls {
         late: impl FnOnce(&dyn Backend, Result<T, BackendError>) + Send + 'static,
     ) -> Result<T, BackendError> {
         let slot_guard = self.acquire(op)?;
-        let Some(deadline) = deadline else {
+        let Some(deadline) = deadline.filter(|_| !self.on_caller) else {
             let result = job(self.backend.as_ref());
             drop(slot_guard);
             return result;
@@ -405,8 +418,8 @@ impl Calls {
     }
 
     /// Runs `job` on the caller's thread, under the in-flight cap only: for
-    /// backends without a deadline (see [`Limits::deadline`]), whose calls
-    /// can then borrow their arguments.
+    /// calls that run there anyway ([`on_callers_thread`](Calls::on_callers_thread)),
+    /// which can then borrow their arguments.
     pub fn run_here<T>(
         &self,
         op: &'static str,
@@ -423,6 +436,28 @@ impl Calls {
         job: impl FnOnce(&dyn Backend) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         self.run(op, job, |_, _| {})
+    }
+
+    /// `delete_object` under the limits: on the caller's thread with the
+    /// arguments borrowed when there is no deadline, else on the pool with
+    /// copies of them.
+    pub fn delete_object(
+        self: &Arc<Self>,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        if self.on_caller {
+            return self.run_here("delete_object", |b| b.delete_object(reference, owner));
+        }
+        let reference = reference.to_string();
+        let owner = owner.map(|at| (at.scope.to_owned(), at.key.to_string()));
+        self.run_plain("delete_object", move |b| {
+            let at = owner.as_ref().map(|(scope, key)| StateKey {
+                scope: scope.as_ref(),
+                key,
+            });
+            b.delete_object(&reference, at)
+        })
     }
 }
 

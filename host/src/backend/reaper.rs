@@ -79,24 +79,12 @@ impl std::fmt::Debug for Reaper {
 }
 
 /// Deletes one object, logging what fails (gc collects it).
-pub(crate) fn delete_now(
-    calls: &Arc<Calls>,
-    reference: String,
-    owner: Option<(Scope, String)>,
-) -> bool {
-    let shown = reference.clone();
-    let result = calls.run_plain("delete_object", move |backend| {
-        let at = owner.as_ref().map(|(scope, key)| StateKey {
-            scope: scope.as_ref(),
-            key,
-        });
-        backend.delete_object(&reference, at)
-    });
-    match result {
+pub(crate) fn delete_now(calls: &Arc<Calls>, reference: &str, owner: Option<StateKey<'_>>) -> bool {
+    match calls.delete_object(reference, owner) {
         Ok(_) => true,
         Err(e) => {
             log::warn!(
-                "backend `{}` could not delete the replaced object {shown:?} ({e}); gc will collect it",
+                "backend `{}` could not delete the replaced object {reference:?} ({e}); gc will collect it",
                 calls.name()
             );
             false
@@ -124,7 +112,8 @@ impl Reaper {
 
     /// Queues the object at `reference` for deletion after the delay.
     /// `false` when the queue is full: delete it now instead.
-    pub fn schedule(&self, reference: String, owner: Option<(Scope, String)>) -> bool {
+    /// (The arguments are copied only once there is room for them.)
+    pub fn schedule(&self, reference: &str, owner: Option<StateKey<'_>>) -> bool {
         if !self.started() {
             return false;
         }
@@ -136,8 +125,8 @@ impl Reaper {
         queue.pending += 1;
         queue.doomed.push_back(Doomed {
             due: Instant::now() + self.delay,
-            reference,
-            owner,
+            reference: reference.to_string(),
+            owner: owner.map(|at| (at.scope.to_owned(), at.key.to_string())),
             tries: 0,
         });
         drop(queue);
@@ -270,14 +259,11 @@ fn reap(
     batch
         .into_iter()
         .map(|mut doomed| {
-            let (reference, owner) = (doomed.reference.clone(), doomed.owner.clone());
-            let result = calls.run_plain("delete_object", move |backend| {
-                let at = owner.as_ref().map(|(scope, key)| StateKey {
-                    scope: scope.as_ref(),
-                    key,
-                });
-                backend.delete_object(&reference, at)
+            let owner = doomed.owner.as_ref().map(|(scope, key)| StateKey {
+                scope: scope.as_ref(),
+                key,
             });
+            let result = calls.delete_object(&doomed.reference, owner);
             match result {
                 Ok(_) => None,
                 Err(e) if doomed.tries < RETRIES && !last_try => {
@@ -346,18 +332,18 @@ mod tests {
             statehost_plugin_api::Serialized::Reference(r) => r,
             _ => unreachable!(),
         };
-        let owner = |key: &str| Some((Scope::Task(scope.clone()), key.to_string()));
-        assert!(reaper.schedule(write("a"), owner("a")));
-        assert!(reaper.schedule(write("b"), owner("b")));
+        let owner = |key| Some(StateKey::task(&scope, key));
+        assert!(reaper.schedule(&write("a"), owner("a")));
+        assert!(reaper.schedule(&write("b"), owner("b")));
         assert!(
-            !reaper.schedule(write("c"), owner("c")),
+            !reaper.schedule(&write("c"), owner("c")),
             "the queue is full"
         );
         assert_eq!(reaper.pending(), 2);
         reaper.flush();
         assert_eq!(reaper.pending(), 0);
         reaper.flush();
-        assert!(reaper.schedule(write("d"), owner("d")));
+        assert!(reaper.schedule(&write("d"), owner("d")));
         let until = Instant::now() + Duration::from_secs(5);
         while reaper.pending() > 0 {
             assert!(Instant::now() < until, "the delayed delete never happened");

@@ -456,15 +456,17 @@ impl StateHost {
     /// uri of the same asset share rows and backend namespace. Nothing is
     /// registered until a value is set.
     pub fn asset_state(&self, asset: &statehost_plugin_api::AssetScope) -> Result<AssetState> {
-        crate::ownership::check_not_reserved(&statehost_plugin_api::Scope::Asset(asset.clone()))?;
+        crate::ownership::check_not_reserved(statehost_plugin_api::ScopeRef::Asset(
+            asset.identity(),
+        ))?;
         AssetState::new(self.clone(), asset.clone())
     }
 
     /// The states of a task's assets, keyed by asset.
     pub fn assets(&self, assets: Vec<statehost_plugin_api::AssetScope>) -> Result<AssetStates> {
         for asset in &assets {
-            crate::ownership::check_not_reserved(&statehost_plugin_api::Scope::Asset(
-                asset.clone(),
+            crate::ownership::check_not_reserved(statehost_plugin_api::ScopeRef::Asset(
+                asset.identity(),
             ))?;
         }
         AssetStates::new(self, assets)
@@ -545,7 +547,7 @@ impl Inner {
                 ),
             });
         }
-        let text = value.to_string();
+        let text = value::render(value);
         value::check_round_trip(value, &text)?;
         Ok(text)
     }
@@ -604,24 +606,23 @@ impl Inner {
         let (Some(calls), Some(old)) = (&self.backend, old) else {
             return;
         };
-        let Some(reference) = reference_in(&old) else {
+        let Ok(Stored::Reference(reference)) = envelope::unwrap(&old) else {
             return;
         };
-        if written.reference() == Some(reference.as_str()) {
+        if written.reference() == Some(&*reference) {
             // Never the object this write made (a repeated statement).
             return;
         }
-        let owner = Some((at.scope.to_owned(), at.key.to_string()));
         let scheduled = self
             .reaper
             .as_ref()
-            .is_some_and(|reaper| reaper.schedule(reference.clone(), owner.clone()));
+            .is_some_and(|reaper| reaper.schedule(&reference, Some(at)));
         if !scheduled {
             if let Err(e) = self.store.sync() {
                 log::warn!("{e}; the replaced object {reference:?} is left to gc");
                 return;
             }
-            crate::backend::reaper::delete_now(calls, reference, owner);
+            crate::backend::reaper::delete_now(calls, &reference, Some(at));
         }
     }
 
@@ -637,11 +638,7 @@ impl Inner {
             );
             return;
         }
-        crate::backend::reaper::delete_now(
-            calls,
-            reference.clone(),
-            Some((at.scope.to_owned(), at.key.to_string())),
-        );
+        crate::backend::reaper::delete_now(calls, reference, Some(at));
     }
 
     /// Reads the value a row holds; if its object is gone because the row
@@ -658,43 +655,48 @@ impl Inner {
             message,
         };
         for _ in 0..READ_ATTEMPTS {
-            let reference = match envelope::unwrap(&text).map_err(corrupt)? {
-                Stored::Inline(value) => return Ok(Some(value)),
-                Stored::Reference(reference) => reference.into_owned(),
-            };
-            let Some(calls) = &self.backend else {
-                return Err(corrupt(format!(
-                    "it is stored in a state backend (reference {reference:?}) but no backend is configured; set [workers] state_backend to the backend that wrote it"
-                )));
-            };
-            let bytes = match deserialize(calls, &reference, at) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == ErrorKind::NotFound => match reread()? {
-                    None => return Ok(None),
-                    Some(now) if now != text => {
-                        text = now;
-                        continue;
+            // The reference is borrowed from the row's text; only a miss,
+            // which reads the row again, needs it past that.
+            let (reference, missing) = {
+                let reference = match envelope::unwrap(&text).map_err(corrupt)? {
+                    Stored::Inline(value) => return Ok(Some(value)),
+                    Stored::Reference(reference) => reference,
+                };
+                let Some(calls) = &self.backend else {
+                    return Err(corrupt(format!(
+                        "it is stored in a state backend (reference {reference:?}) but no backend is configured; set [workers] state_backend to the backend that wrote it"
+                    )));
+                };
+                match deserialize(calls, &reference, at) {
+                    Ok(bytes) => {
+                        return value::parse_backend_json(bytes.as_bytes())
+                            .map(Some)
+                            .map_err(|message| {
+                                backend_error(
+                                    calls.name(),
+                                    "read",
+                                    &at.scope,
+                                    at.key,
+                                    BackendError::invalid_input(message),
+                                )
+                            });
                     }
-                    Some(_) => {
-                        return Err(corrupt(format!(
-                            "its row points at {reference:?}, which backend `{}` no longer holds ({e}); it was deleted behind statehost's back: delete the key",
-                            calls.name()
-                        )));
+                    Err(e) if e.kind() == ErrorKind::NotFound => (reference.into_owned(), e),
+                    Err(e) => {
+                        return Err(backend_error(calls.name(), "read", &at.scope, at.key, e));
                     }
-                },
-                Err(e) => return Err(backend_error(calls.name(), "read", &at.scope, at.key, e)),
+                }
             };
-            return parse_backend_value(bytes.as_bytes())
-                .map(Some)
-                .map_err(|message| {
-                    backend_error(
-                        calls.name(),
-                        "read",
-                        &at.scope,
-                        at.key,
-                        BackendError::invalid_input(message),
-                    )
-                });
+            match reread()? {
+                None => return Ok(None),
+                Some(now) if now != text => text = now,
+                Some(_) => {
+                    let name = self.backend.as_ref().map_or("", |calls| calls.name());
+                    return Err(corrupt(format!(
+                        "its row points at {reference:?}, which backend `{name}` no longer holds ({missing}); it was deleted behind statehost's back: delete the key"
+                    )));
+                }
+            }
         }
         Err(Error::Store {
             message: format!(
@@ -730,7 +732,7 @@ impl Inner {
                 scope: scope.as_ref(),
                 key,
             };
-            match delete_object(calls, &reference, Some(at)) {
+            match calls.delete_object(&reference, Some(at)) {
                 Ok(true) => removed += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -866,18 +868,6 @@ impl Inner {
     }
 }
 
-/// Parses a value's JSON from bytes (checking UTF-8 too: a plugin can hand
-/// over anything).
-pub(crate) fn parse_backend_value(bytes: &[u8]) -> std::result::Result<Value, String> {
-    serde_json::from_slice::<Value>(bytes).map_err(|e| {
-        if std::str::from_utf8(bytes).is_err() {
-            "it returned bytes that are not UTF-8".to_string()
-        } else {
-            format!("it returned text that is not JSON ({e})")
-        }
-    })
-}
-
 /// Owned arguments for a call that may outlive its caller.
 fn owned(at: StateKey<'_>) -> Arc<(Scope, String)> {
     Arc::new((at.scope.to_owned(), at.key.to_string()))
@@ -899,7 +889,7 @@ fn serialize(
     write_id: WriteId,
     value: &str,
 ) -> std::result::Result<Serialized, BackendError> {
-    if calls.limits().deadline.is_none() {
+    if calls.on_callers_thread() {
         return calls.run_here("serialize", |b| b.serialize(at, write_id, value));
     }
     let owner = owned(at);
@@ -931,29 +921,13 @@ fn deserialize(
     reference: &str,
     at: StateKey<'_>,
 ) -> std::result::Result<Text, BackendError> {
-    if calls.limits().deadline.is_none() {
+    if calls.on_callers_thread() {
         return calls.run_here("deserialize", |b| b.deserialize(reference, Some(at)));
     }
     let owner = owned(at);
     let reference = reference.to_string();
     calls.run_plain("deserialize", move |b| {
         b.deserialize(&reference, Some(borrowed(&owner)))
-    })
-}
-
-/// `delete_object` under the limits.
-fn delete_object(
-    calls: &Arc<Calls>,
-    reference: &str,
-    at: Option<StateKey<'_>>,
-) -> std::result::Result<bool, BackendError> {
-    if calls.limits().deadline.is_none() {
-        return calls.run_here("delete_object", |b| b.delete_object(reference, at));
-    }
-    let owner = at.map(owned);
-    let reference = reference.to_string();
-    calls.run_plain("delete_object", move |b| {
-        b.delete_object(&reference, owner.as_deref().map(borrowed))
     })
 }
 

@@ -37,6 +37,54 @@ pub fn parse_value(text: &str) -> Result<Value> {
     })
 }
 
+/// Whether `bytes` can stand between the quotes of a JSON string as they
+/// are: no quote, backslash or control character. Checked a block at a
+/// time without a branch per byte, which the compiler vectorizes (a
+/// byte-by-byte scan cost more than the rest of a small value's set).
+pub(crate) fn needs_no_escape(bytes: &[u8]) -> bool {
+    bytes.chunks(64).all(|block| {
+        block.iter().fold(true, |plain, &b| {
+            plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+        })
+    })
+}
+
+/// A value's JSON text, as serde_json writes it; a string that needs no
+/// escaping is copied between quotes instead of escaped byte by byte.
+pub(crate) fn render(value: &Value) -> String {
+    if let Value::String(text) = value
+        && needs_no_escape(text.as_bytes())
+    {
+        let mut out = String::with_capacity(text.len() + 2);
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+        return out;
+    }
+    value.to_string()
+}
+
+/// Parses the JSON text a backend returned, whose bytes are not yet known
+/// to be UTF-8 (a plugin can hand over anything). A string without escapes
+/// is taken as it is, after the UTF-8 check; anything else goes through
+/// serde_json. `Err` says what is wrong, for a message.
+pub(crate) fn parse_backend_json(bytes: &[u8]) -> std::result::Result<Value, String> {
+    if let [b'"', inner @ .., b'"'] = bytes
+        && needs_no_escape(inner)
+    {
+        return std::str::from_utf8(inner)
+            .map(|text| Value::String(text.to_owned()))
+            .map_err(|_| "it returned bytes that are not UTF-8".to_string());
+    }
+    serde_json::from_slice::<Value>(bytes).map_err(|e| {
+        if std::str::from_utf8(bytes).is_err() {
+            "it returned bytes that are not UTF-8".to_string()
+        } else {
+            format!("it returned text that is not JSON ({e})")
+        }
+    })
+}
+
 /// Refuses a value that would not read back as it is: one holding an
 /// object with serde_json's number key. `text` is the value rendered; the
 /// walk runs only when the key appears in it.
@@ -78,6 +126,38 @@ fn number_key_error() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The fast paths agree with serde_json on every string, escaped
+        /// or not (control characters, quotes, backslashes, non-ASCII).
+        #[test]
+        fn plain_strings_render_and_parse_as_serde_json_does(text in "(?s).{0,80}", junk in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let value = Value::String(text);
+            let rendered = render(&value);
+            proptest::prop_assert_eq!(&rendered, &value.to_string());
+            proptest::prop_assert_eq!(parse_backend_json(rendered.as_bytes()), Ok(value));
+            let mut quoted = vec![b'"'];
+            quoted.extend(&junk);
+            quoted.push(b'"');
+            let theirs = serde_json::from_slice::<Value>(&quoted).ok();
+            proptest::prop_assert_eq!(parse_backend_json(&quoted).ok(), theirs);
+        }
+    }
+
+    #[test]
+    fn the_fast_paths_refuse_what_needs_escaping() {
+        for bytes in [&b"a\"b"[..], b"a\\b", b"a\nb", b"\x1f", b"\x00"] {
+            assert!(!needs_no_escape(bytes), "{bytes:?}");
+        }
+        let long = "x".repeat(200) + "\"";
+        assert!(!needs_no_escape(long.as_bytes()));
+        assert!(needs_no_escape("é 🦀 ~\x7f".as_bytes()));
+        assert_eq!(
+            parse_backend_json(b"\"\xff\""),
+            Err("it returned bytes that are not UTF-8".to_string())
+        );
+        assert!(parse_backend_json(b"\"a\"b\"").is_err());
+    }
 
     #[test]
     fn numbers_keep_their_text() {

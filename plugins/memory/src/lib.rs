@@ -148,7 +148,7 @@ impl BackendPlugin for MemoryBackend {
     const NAME: &'static str = "memory";
     const DESCRIPTION: &'static str =
         "values in a map in the worker's memory; gone when the process ends (tests, demos)";
-    const CAPABILITIES: Capabilities = Capabilities::LIST;
+    const CAPABILITIES: Capabilities = Capabilities::LIST.with_never_blocks();
 
     fn new(options: &Options, _host: &HostContext) -> Result<Self, BackendError> {
         let options: MemoryOptions = options.parse(Self::NAME)?;

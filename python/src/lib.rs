@@ -5,7 +5,9 @@
 //! hooks from the configured plugin (Airflow's database keeps the rows),
 //! and `Host` is a whole [`StateHost`] (statehost's own metadata store).
 //! Values cross as JSON text; the Python side encodes and decodes them
-//! (`statehost/_json.py`). Every call into the host releases the GIL, and
+//! (`statehost/_json.py`). Every call into the host releases the GIL (but
+//! the bridge's calls into a plugin that never blocks, shorter than a GIL
+//! hand-over), and
 //! every host error becomes one exception of the hierarchy in
 //! `statehost/errors.py`.
 
@@ -297,6 +299,37 @@ struct BridgeHandle {
     bridge: Bridge,
 }
 
+impl BridgeHandle {
+    /// Runs a call into the plugin: without the GIL, unless the plugin
+    /// never blocks (its calls run on this thread and end without waiting
+    /// on I/O), where releasing and taking the GIL back would cost more
+    /// than the call.
+    fn call<T: Send>(&self, py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+        if self.bridge.calls().on_callers_thread() {
+            f()
+        } else {
+            py.detach(f)
+        }
+    }
+
+    /// The text a reference stands for, in the plugin's buffer.
+    fn read(&self, py: Python<'_>, reference: &str) -> PyResult<statehost::backend::Text> {
+        self.call(py, || self.bridge.deserialize(reference))
+            .map_err(|e| to_py(py, e))
+    }
+
+    fn not_utf8(&self, py: Python<'_>, reference: &str) -> PyErr {
+        python_error(
+            py,
+            "BackendError",
+            format!(
+                "backend `{}` returned bytes that are not UTF-8 for the reference {reference:?}",
+                self.bridge.backend_name()
+            ),
+        )
+    }
+}
+
 #[pymethods]
 impl BridgeHandle {
     #[new]
@@ -331,7 +364,7 @@ impl BridgeHandle {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<String> {
         let text = encode(value)?;
-        py.detach(|| {
+        self.call(py, || {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
             self.bridge
                 .serialize_task(&scope, key, JsonText::encoded(&text)?)
@@ -350,7 +383,7 @@ impl BridgeHandle {
         value: &Bound<'_, PyAny>,
     ) -> PyResult<String> {
         let text = encode(value)?;
-        py.detach(|| {
+        self.call(py, || {
             let scope = asset_scope(name, uri)?;
             self.bridge
                 .serialize_asset(&scope, key, JsonText::encoded(&text)?)
@@ -361,20 +394,46 @@ impl BridgeHandle {
 
     /// The JSON text a reference stands for.
     fn deserialize<'py>(&self, py: Python<'py>, reference: &str) -> PyResult<Bound<'py, PyString>> {
-        let text = py
-            .detach(|| self.bridge.deserialize(reference))
-            .map_err(|e| to_py(py, e))?;
-        match std::str::from_utf8(text.as_bytes()) {
-            Ok(text) => Ok(PyString::new(py, text)),
-            Err(_) => Err(python_error(
-                py,
-                "BackendError",
-                format!(
-                    "backend `{}` returned bytes that are not UTF-8 for the reference {reference:?}",
-                    self.bridge.backend_name()
-                ),
-            )),
+        let text = self.read(py, reference)?;
+        let text =
+            std::str::from_utf8(text.as_bytes()).map_err(|_| self.not_utf8(py, reference))?;
+        Ok(PyString::new(py, text))
+    }
+
+    /// The value a reference stands for: a JSON string without escapes is
+    /// made a `str` here; any other text is decoded by `decode` (the
+    /// package's JSON decoder), whose `ValueError` becomes a
+    /// `BackendError` naming the reference.
+    fn load<'py>(
+        &self,
+        py: Python<'py>,
+        reference: &str,
+        decode: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let text = self.read(py, reference)?;
+        let bytes = text.as_bytes();
+        if let [b'"', inner @ .., b'"'] = bytes
+            && statehost::state::needs_no_escape(inner)
+        {
+            let inner = std::str::from_utf8(inner).map_err(|_| self.not_utf8(py, reference))?;
+            return Ok(PyString::new(py, inner).into_any());
         }
+        let text = std::str::from_utf8(bytes).map_err(|_| self.not_utf8(py, reference))?;
+        decode.call1((text,)).map_err(|e| {
+            if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) {
+                python_error(
+                    py,
+                    "BackendError",
+                    format!(
+                        "backend `{}` returned text that is not JSON for the reference {reference:?} ({})",
+                        self.bridge.backend_name(),
+                        e.value(py)
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// Removes every object of a task's key.
@@ -387,7 +446,7 @@ impl BridgeHandle {
         map_index: i64,
         key: &str,
     ) -> PyResult<()> {
-        py.detach(|| {
+        self.call(py, || {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
             self.bridge.delete(Scope::Task(scope), key)
         })
@@ -402,7 +461,7 @@ impl BridgeHandle {
         uri: Option<&str>,
         key: &str,
     ) -> PyResult<()> {
-        py.detach(|| {
+        self.call(py, || {
             let scope = asset_scope(name, uri)?;
             self.bridge.delete(Scope::Asset(scope), key)
         })
@@ -419,7 +478,7 @@ impl BridgeHandle {
         map_index: i64,
         all_map_indices: bool,
     ) -> PyResult<()> {
-        py.detach(|| {
+        self.call(py, || {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
             self.bridge.clear(Scope::Task(scope), all_map_indices)
         })
@@ -428,7 +487,7 @@ impl BridgeHandle {
 
     /// Removes every object of an asset.
     fn clear_asset(&self, py: Python<'_>, name: Option<&str>, uri: Option<&str>) -> PyResult<()> {
-        py.detach(|| {
+        self.call(py, || {
             let scope = asset_scope(name, uri)?;
             self.bridge.clear(Scope::Asset(scope), false)
         })

@@ -2,10 +2,11 @@
 
 Values cross as JSON text; :mod:`statehost` and :mod:`statehost.airflow`
 encode and decode them. Every method releases the GIL while the host works
+(except the bridge's calls into a plugin that never blocks)
 and raises the exceptions of :mod:`statehost.errors`.
 """
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 PLUGIN_API_VERSION: str
 
@@ -32,6 +33,9 @@ class BridgeHandle:
         """Stores a value; the reference, or its JSON text when the plugin keeps it inline."""
     def deserialize(self, reference: str) -> str:
         """The JSON text a reference stands for (a reference that is JSON text is the value)."""
+    def load(self, reference: str, decode: Callable[[str], Any]) -> Any:
+        """The value a reference stands for: a JSON string without escapes as a ``str``,
+        other text through ``decode``; its ``ValueError`` is raised as ``BackendError``."""
     def delete_task(self, dag_id: str, run_id: str, task_id: str, map_index: int, key: str) -> None: ...
     def delete_asset(self, name: Optional[str], uri: Optional[str], key: str) -> None: ...
     def clear_task(

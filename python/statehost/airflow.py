@@ -36,7 +36,6 @@ from airflow.sdk._shared.state import AssetScope, BaseStoreBackend, TaskScope
 from . import _json
 from ._config import PLUGINS_DIR, discover
 from ._native import BridgeHandle, gc_airflow
-from .errors import BackendError
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -50,6 +49,20 @@ _SERVER_SIDE = (
 )
 
 
+#: How many times this process was forked into (counted in the child): a
+#: handle opened under another count belongs to a parent. Cheaper than
+#: asking for the pid on every call.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class StatehostBackend(BaseStoreBackend):
     """Airflow's ``[workers] state_store_backend``, routed through the configured
     statehost plugin.
@@ -57,13 +70,15 @@ class StatehostBackend(BaseStoreBackend):
     The constructor loads and checks the plugin (and claims its storage for
     Airflow's database, so ``statehost gc`` with a statehost store refuses it):
     a broken setup fails at the first accessor call with one
-    :class:`statehost.ConfigError` line. Every plugin call releases the GIL.
+    :class:`statehost.ConfigError` line. Every plugin call releases the GIL,
+    except those of a plugin that never blocks (the memory plugin), whose
+    calls end sooner than the GIL could change hands.
     """
 
     def __init__(self) -> None:
         self._config = discover()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = _forks
         self._bridge = BridgeHandle(self._config, os.fspath(PLUGINS_DIR))
 
     @property
@@ -75,11 +90,11 @@ class StatehostBackend(BaseStoreBackend):
         # A forked child (a Celery prefork worker, a task process) gets the
         # loaded plugin but not the threads that run its calls: it starts
         # its own.
-        if os.getpid() != self._pid:
+        if self._forks != _forks:
             with self._lock:
-                if os.getpid() != self._pid:
+                if self._forks != _forks:
                     self._bridge = BridgeHandle(self._config, os.fspath(PLUGINS_DIR))
-                    self._pid = os.getpid()
+                    self._forks = _forks
         return self._bridge
 
     # -- the hooks Airflow calls on a worker ---------------------------------
@@ -135,13 +150,9 @@ class StatehostBackend(BaseStoreBackend):
         await asyncio.to_thread(self.clear, scope, all_map_indices=all_map_indices)
 
     def _read(self, stored: str) -> Any:
-        text = self._native().deserialize(stored)
-        try:
-            return _json.decode(text)
-        except ValueError as e:
-            raise BackendError(
-                f"backend `{self.backend_name}` returned text that is not JSON for the reference {stored!r} ({e})"
-            ) from None
+        # A string value is made in Rust; other JSON goes to _json.decode,
+        # whose ValueError comes back as a BackendError naming the reference.
+        return self._native().load(stored, _json.decode)
 
     # -- the API server's methods: never called on a worker ------------------
 

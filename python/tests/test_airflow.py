@@ -55,6 +55,27 @@ def test_the_row_is_exactly_the_envelope_and_the_value_is_a_file(airflow, fs_con
     assert af.task().get("job_id") == "job-42"
 
 
+@pytest.mark.parametrize(
+    ("stored", "problem"),
+    [
+        (b'{"a": ', "returned text that is not JSON"),
+        (b'"unterminated', "returned text that is not JSON"),
+        (b'"tab\tinside"', "returned text that is not JSON"),
+        (b'"\xff\xfe"', "UTF-8"),
+        (b"\xff{}", "UTF-8"),
+    ],
+)
+def test_an_object_that_is_not_a_json_value_is_a_backend_error(airflow, fs_config, stored, problem):
+    af = airflow(fs_config)
+    af.task().set("job_id", "job-42")
+    ref = af.task_row("job_id")["__airflow_state_ref__"]
+    [path] = objects(fs_config.parent / "objects")
+    path.write_bytes(stored)
+    with pytest.raises(BackendError, match=problem) as caught:
+        af.task().get("job_id")
+    assert ref in str(caught.value)
+
+
 @pytest.mark.parametrize("config", ["fs_config", "memory_config"])
 def test_every_json_type_round_trips(airflow, config, request):
     af = airflow(request.getfixturevalue(config))

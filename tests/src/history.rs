@@ -668,7 +668,12 @@ impl Backend for FaultyBackend {
         self.inner.unique_references()
     }
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        // Its faults are slow and hung calls: they must go through the
+        // deadline, whatever the backend underneath promises.
+        Capabilities {
+            never_blocks: false,
+            ..self.inner.capabilities()
+        }
     }
     fn serialize(
         &self,

@@ -46,7 +46,7 @@ mod value;
 pub use asset::{AssetState, AssetStates};
 pub use gc::GcReport;
 pub use task::{MAX_RETENTION, MAX_RETENTION_DAYS, Retention, TaskState};
-pub use value::{MAX_JSON_DEPTH, parse_value};
+pub use value::{MAX_JSON_DEPTH, needs_no_escape, parse_value};
 
 use envelope::Stored;
 

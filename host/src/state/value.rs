@@ -41,7 +41,7 @@ pub fn parse_value(text: &str) -> Result<Value> {
 /// are: no quote, backslash or control character. Checked a block at a
 /// time without a branch per byte, which the compiler vectorizes (a
 /// byte-by-byte scan cost more than the rest of a small value's set).
-pub(crate) fn needs_no_escape(bytes: &[u8]) -> bool {
+pub fn needs_no_escape(bytes: &[u8]) -> bool {
     bytes.chunks(64).all(|block| {
         block.iter().fold(true, |plain, &b| {
             plain & (b >= 0x20) & (b != b'"') & (b != b'\\')

@@ -18,6 +18,7 @@ N keys set, then read, then set and read again. Backends:
 
 Prints {backend: {size: {"set": µs, "get": µs, "pair": µs}}}.
 Usage: python airflow_backends_bench.py ROOT_DIR BACKEND [N]
+STATEHOST_BENCH_SIZE=16 runs one value size (for a profiler).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ ROOT = sys.argv[1]
 BACKEND = sys.argv[2]
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
 SIZES = [16, 1024, 1 << 20]
+if os.environ.get("STATEHOST_BENCH_SIZE"):
+    SIZES = [int(os.environ["STATEHOST_BENCH_SIZE"])]
 # Fewer keys for 1 MiB values: the same bytes as ~1 s of work.
 N_FOR = {16: N, 1024: N, 1 << 20: max(50, N // 25)}
 

@@ -5,9 +5,10 @@
 //! fs plugins loaded from their `.so`, on the in-memory map store (the same
 //! work as the dict that stands in for Airflow's Execution API).
 //!
-//! Each backend runs with the default call deadline (calls on a pool
-//! thread) and, as `<name>-inline`, without one (calls on the caller's
-//! thread), so the deadline's cost shows.
+//! Each backend runs with the default call deadline (for fs, calls on a
+//! pool thread; the memory plugin declares `never_blocks`, so its calls run
+//! on the caller's thread anyway) and, as `<name>-inline`, without one
+//! (calls on the caller's thread), so the deadline's cost shows.
 //!
 //! Writes `target/criterion/side_by_side/statehost.json`; `bench/report.py`
 //! prints it next to Airflow's figures. For profiling, `STATEHOST_BENCH_ONLY`

@@ -45,6 +45,34 @@ impl Text {
     }
 }
 
+/// A reference a backend returned for a write: in the host's memory, or
+/// in the plugin's own buffer, kept without a copy (its bytes checked to be
+/// UTF-8 when it crossed; freed by the plugin's allocator when dropped).
+#[derive(Debug)]
+pub enum Reference {
+    /// Made by an in-process backend.
+    Host(String),
+    /// Made by a plugin.
+    Plugin(abi_stable::std_types::RString),
+}
+
+impl Reference {
+    /// The reference.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Reference::Host(s) => s,
+            Reference::Plugin(s) => s.as_str(),
+        }
+    }
+}
+
+impl std::ops::Deref for Reference {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 /// One object a backend holds, as garbage collection sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -78,6 +106,20 @@ pub trait Backend: Send + Sync + 'static {
         write_id: WriteId,
         value: &str,
     ) -> Result<Serialized, BackendError>;
+    /// [`serialize`](Backend::serialize) with the reference lent as the
+    /// backend made it (`None`: keep the value inline). A loaded plugin's
+    /// reference stays in its buffer instead of being copied.
+    fn serialize_lent(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Option<Reference>, BackendError> {
+        Ok(match self.serialize(at, write_id, value)? {
+            Serialized::Reference(r) => Some(Reference::Host(r)),
+            Serialized::Inline => None,
+        })
+    }
     /// [`StateBackend::deserialize`].
     fn deserialize(
         &self,
@@ -199,6 +241,14 @@ impl<T: Backend + ?Sized> Backend for Arc<T> {
         value: &str,
     ) -> Result<Serialized, BackendError> {
         (**self).serialize(at, write_id, value)
+    }
+    fn serialize_lent(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Option<Reference>, BackendError> {
+        (**self).serialize_lent(at, write_id, value)
     }
     fn deserialize(
         &self,

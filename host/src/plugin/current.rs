@@ -2,7 +2,7 @@
 //! a loaded plugin, driven through the `abi_stable` types the plugin side
 //! exports.
 
-use abi_stable::std_types::{ROption, RString};
+use abi_stable::std_types::ROption;
 use statehost_plugin_api::__private::{
     AbiLogger_TO, AbiOwner, BackendObject, ListRequest, PluginModuleRef, WireHostContext,
     WireObject, from_unix_ms, unix_ms,
@@ -10,7 +10,7 @@ use statehost_plugin_api::__private::{
 use statehost_plugin_api::{BackendError, Metadata, ScopeRef, Serialized, StateKey, WriteId};
 
 use super::logging::PluginLogger;
-use crate::backend::{Listed, Text};
+use crate::backend::{Listed, Reference, Text};
 
 /// A backend living in a loaded 2.x plugin.
 pub(crate) struct CurrentBackend {
@@ -46,18 +46,6 @@ pub(crate) fn construct(
     Ok(CurrentBackend { object })
 }
 
-/// Takes a string the plugin made as text, checking that it really is
-/// UTF-8 (a broken plugin can hand over any bytes).
-fn text(s: RString, what: &str) -> Result<String, BackendError> {
-    std::str::from_utf8(s.into_bytes().as_slice())
-        .map(str::to_owned)
-        .map_err(|e| {
-            BackendError::invalid_input(format!(
-                "the plugin returned {what} that is not UTF-8 ({e})"
-            ))
-        })
-}
-
 fn owner(at: Option<StateKey<'_>>) -> ROption<AbiOwner<'_>> {
     match at {
         Some(at) => ROption::RSome(at.into()),
@@ -72,6 +60,22 @@ impl CurrentBackend {
         write_id: WriteId,
         value: &str,
     ) -> Result<Serialized, BackendError> {
+        match self.serialize_lent(at, write_id, value)? {
+            // Checked as it crossed; copied into the host's memory here.
+            Some(Reference::Plugin(r)) => Ok(Serialized::Reference(r.as_str().to_owned())),
+            Some(Reference::Host(r)) => Ok(Serialized::Reference(r)),
+            None => Ok(Serialized::Inline),
+        }
+    }
+
+    /// The reference stays in the plugin's buffer: no copy, one UTF-8
+    /// check.
+    pub(crate) fn serialize_lent(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Option<Reference>, BackendError> {
         match self
             .object
             .serialize(
@@ -83,8 +87,13 @@ impl CurrentBackend {
             .into_result()
             .map_err(|e| e.into_error())?
         {
-            ROption::RSome(r) => text(r, "a reference").map(Serialized::Reference),
-            ROption::RNone => Ok(Serialized::Inline),
+            ROption::RSome(r) => match std::str::from_utf8(r.as_bytes()) {
+                Ok(_) => Ok(Some(Reference::Plugin(r))),
+                Err(e) => Err(BackendError::invalid_input(format!(
+                    "the plugin returned a reference that is not UTF-8 ({e})"
+                ))),
+            },
+            ROption::RNone => Ok(None),
         }
     }
 

@@ -26,7 +26,7 @@ use statehost_plugin_api::{
     StoredObject, WriteId,
 };
 
-use crate::backend::{Backend, Listed, Text, unsupported};
+use crate::backend::{Backend, Listed, Reference, Text, unsupported};
 use crate::config::{BackendOptions, Config};
 use crate::error::{Error, Result};
 
@@ -380,6 +380,21 @@ impl Backend for LoadedBackend {
         match &self.backend {
             Loaded::Current(b) => b.serialize(at, write_id, value),
             Loaded::Legacy(b) => b.serialize(at, value),
+        }
+    }
+
+    fn serialize_lent(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> std::result::Result<Option<Reference>, BackendError> {
+        match &self.backend {
+            Loaded::Current(b) => b.serialize_lent(at, write_id, value),
+            Loaded::Legacy(b) => Ok(match b.serialize(at, value)? {
+                Serialized::Reference(r) => Some(Reference::Host(r)),
+                Serialized::Inline => None,
+            }),
         }
     }
 

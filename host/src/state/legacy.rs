@@ -20,7 +20,7 @@ use statehost_plugin_api::{
 };
 
 use super::{Inner, Place, Written, backend_error, envelope, reference_in, row_scope};
-use crate::backend::{Busy, Calls, Listed, Text};
+use crate::backend::{Busy, Calls, Listed, Reference, Text};
 use crate::error::{Error, Result};
 use crate::store::Put;
 
@@ -215,7 +215,7 @@ pub(super) fn set(
         }
         Serialized::Reference(r) => Written {
             stored: envelope::wrap(&r),
-            object: Some((r, inner.mint())),
+            object: Some((Reference::Host(r), inner.mint())),
         },
         Serialized::Inline => {
             inner.check_inline_size(&text, at)?;

@@ -26,11 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use statehost_plugin_api::{
-    BackendError, ErrorKind, Scope, Serialized, StateKey, WriteId, validate_key,
-};
+use statehost_plugin_api::{BackendError, ErrorKind, Scope, StateKey, WriteId, validate_key};
 
-use crate::backend::{Backend, Calls, InProcess, Limits, Reaper, Text};
+use crate::backend::{Backend, Calls, InProcess, Limits, Reaper, Reference, Text};
 use crate::config::{Config, StateStoreSettings};
 use crate::error::{Error, Result};
 use crate::plugin;
@@ -334,7 +332,7 @@ fn per_backend(
 /// the object just written.
 pub(crate) struct Written {
     pub(crate) stored: String,
-    pub(crate) object: Option<(String, WriteId)>,
+    pub(crate) object: Option<(Reference, WriteId)>,
 }
 
 impl Written {
@@ -579,21 +577,21 @@ impl Inner {
         let serialized = serialize(calls, at, write_id, text.as_str())
             .map_err(|e| backend_error(calls.name(), "write", &at.scope, at.key, e))?;
         match serialized {
-            Serialized::Inline => {
+            None => {
                 self.check_inline_size(&text, at)?;
                 Ok(Written {
                     stored: text,
                     object: None,
                 })
             }
-            Serialized::Reference(r) if r.is_empty() => Err(backend_error(
+            Some(r) if r.is_empty() => Err(backend_error(
                 calls.name(),
                 "write",
                 &at.scope,
                 at.key,
                 BackendError::invalid_input("it returned an empty reference"),
             )),
-            Serialized::Reference(r) => Ok(Written {
+            Some(r) => Ok(Written {
                 stored: envelope::wrap(&r),
                 object: Some((r, write_id)),
             }),
@@ -632,6 +630,7 @@ impl Inner {
         let (Some(calls), Some((reference, _))) = (&self.backend, &written.object) else {
             return;
         };
+        let reference = reference.as_str();
         if error.outcome_unknown() {
             log::warn!(
                 "the row of {at} may or may not point at {reference:?} now; the object is kept (gc removes it if no row does)"
@@ -880,7 +879,8 @@ fn borrowed(owner: &(Scope, String)) -> StateKey<'_> {
     }
 }
 
-/// `serialize` under the limits. An abandoned write that ends with an
+/// `serialize` under the limits, the reference lent as the backend made
+/// it (`None`: keep the value inline). An abandoned write that ends with an
 /// object deletes it at once (unless references are one per key, as in
 /// plugin-api 1.x: then the object may be another write's).
 fn serialize(
@@ -888,26 +888,28 @@ fn serialize(
     at: StateKey<'_>,
     write_id: WriteId,
     value: &str,
-) -> std::result::Result<Serialized, BackendError> {
+) -> std::result::Result<Option<Reference>, BackendError> {
     if calls.on_callers_thread() {
-        return calls.run_here("serialize", |b| b.serialize(at, write_id, value));
+        return calls.run_here("serialize", |b| b.serialize_lent(at, write_id, value));
     }
     let owner = owned(at);
     let late_owner = owner.clone();
     let value = value.to_string();
     calls.run(
         "serialize",
-        move |b| b.serialize(borrowed(&owner), write_id, &value),
+        move |b| b.serialize_lent(borrowed(&owner), write_id, &value),
         move |b, result| {
-            if let Ok(Serialized::Reference(reference)) = result
+            if let Ok(Some(reference)) = result
                 && b.unique_references()
             {
                 match b.delete_object(&reference, Some(borrowed(&late_owner))) {
                     Ok(_) => log::info!(
-                        "deleted {reference:?}, written after its caller stopped waiting"
+                        "deleted {:?}, written after its caller stopped waiting",
+                        &*reference
                     ),
                     Err(e) => log::warn!(
-                        "cannot delete {reference:?}, written after its caller stopped waiting ({e}); gc will collect it"
+                        "cannot delete {:?}, written after its caller stopped waiting ({e}); gc will collect it",
+                        &*reference
                     ),
                 }
             }

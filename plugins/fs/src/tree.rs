@@ -9,7 +9,7 @@
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -312,9 +312,7 @@ impl Tree {
                 format!("{} is not a regular file", self.shown(&parts).display()),
             ));
         }
-        let mut text = String::new();
-        File::from(fd).read_to_string(&mut text)?;
-        Ok(text)
+        read_all(&fd, u64::try_from(stat.st_size).unwrap_or(0))
     }
 
     /// Removes the file `relative` (a link there is removed, not followed);
@@ -508,4 +506,80 @@ fn remove_entry(parent: &impl AsFd, name: &OsStr) -> Result<(), Errno> {
     }
     drop(sub);
     rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+/// The whole text of an open file whose size is `size_hint` (from the
+/// `fstat` already done): read into a buffer of that size, without the
+/// size and position queries `File::read_to_string` makes first (two system
+/// calls per read). A file that grew meanwhile is still read to its end.
+fn read_all(fd: &OwnedFd, size_hint: u64) -> io::Result<String> {
+    // Reserved fallibly: a sparse or damaged file claiming terabytes is an
+    // error, not an allocation failure that aborts the host.
+    let too_big = |_| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("the file is too large to read into memory ({size_hint} bytes)"),
+        )
+    };
+    let mut bytes: Vec<u8> = Vec::new();
+    let wanted = usize::try_from(size_hint)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
+    bytes.try_reserve_exact(wanted).map_err(too_big)?;
+    loop {
+        if bytes.len() == bytes.capacity() {
+            bytes
+                .try_reserve(bytes.capacity().max(8192))
+                .map_err(too_big)?;
+        }
+        match rustix::io::read(fd, rustix::buffer::spare_capacity(&mut bytes)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opened(bytes: &[u8]) -> (tempfile::TempDir, OwnedFd) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        let fd = rustix::fs::open(&path, OFlags::RDONLY, Mode::empty()).unwrap();
+        (dir, fd)
+    }
+
+    #[test]
+    fn a_read_takes_the_whole_file_whatever_size_it_was_told() {
+        let text = "x".repeat(20_000);
+        for hint in [0, 1, 19_999, 20_000, 20_001, 1 << 20] {
+            let (_dir, fd) = opened(text.as_bytes());
+            assert_eq!(read_all(&fd, hint).unwrap(), text, "hint {hint}");
+        }
+        let (_dir, fd) = opened(b"");
+        assert_eq!(read_all(&fd, 0).unwrap(), "");
+    }
+
+    #[test]
+    fn a_size_too_large_to_hold_is_an_error_not_an_abort() {
+        let (_dir, fd) = opened(b"\"v\"");
+        let e = read_all(&fd, u64::MAX).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::OutOfMemory);
+        assert!(e.to_string().contains("too large"), "{e}");
+        let (_dir, fd) = opened(b"\xff");
+        assert_eq!(
+            read_all(&fd, 1).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
 }

@@ -16,7 +16,8 @@ use statehost_fs::FsBackend;
 use statehost_plugin_api::conformance::write_id;
 use statehost_plugin_api::{Serialized, StateBackend, StateKey, TaskScope};
 use statehost_tests::{
-    BENCH_SIZES, bench_dir, json_string_of, release_library, size_label, timed_writes,
+    BENCH_SIZES, bench_dir, json_string_of, release_library, size_label, timed_lent_writes,
+    timed_writes,
 };
 
 fn fs_floor_write(dir: &std::path::Path, target: &std::path::Path, bytes: &[u8]) {
@@ -51,6 +52,9 @@ fn boundary(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter("so"), |b| {
             b.iter_custom(|iters| timed_writes(&loaded, at, &value, iters))
+        });
+        group.bench_function(BenchmarkId::from_parameter("so-lent"), |b| {
+            b.iter_custom(|iters| timed_lent_writes(&loaded, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
             b.iter_custom(|iters| timed_writes(&in_process, at, &value, iters))

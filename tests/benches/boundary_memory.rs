@@ -14,7 +14,9 @@ use statehost::plugin::LoadedBackend;
 use statehost_memory::MemoryBackend;
 use statehost_plugin_api::conformance::write_id;
 use statehost_plugin_api::{Capabilities, Serialized, StateBackend, StateKey, TaskScope, layout};
-use statehost_tests::{BENCH_SIZES, json_string_of, release_library, size_label, timed_writes};
+use statehost_tests::{
+    BENCH_SIZES, json_string_of, release_library, size_label, timed_lent_writes, timed_writes,
+};
 
 fn reference(backend: &dyn StateBackend, at: StateKey<'_>, value: &str) -> String {
     match backend.serialize(at, write_id(), value).unwrap() {
@@ -46,6 +48,9 @@ fn boundary(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter("so"), |b| {
             b.iter_custom(|iters| timed_writes(&loaded, at, &value, iters))
+        });
+        group.bench_function(BenchmarkId::from_parameter("so-lent"), |b| {
+            b.iter_custom(|iters| timed_lent_writes(&loaded, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("trait"), |b| {
             b.iter_custom(|iters| timed_writes(&in_process, at, &value, iters))

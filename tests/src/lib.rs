@@ -197,8 +197,52 @@ pub fn timed_writes(
     iters: u64,
 ) -> Duration {
     use statehost_plugin_api::Serialized;
+    timed(
+        iters,
+        value.len(),
+        |id| match backend.serialize(at, id, std::hint::black_box(value)) {
+            Ok(Serialized::Reference(r)) => Some(r),
+            Ok(Serialized::Inline) => None,
+            Err(e) => panic!("serialize: {e}"),
+        },
+        |r| {
+            backend.delete_object(r, Some(at)).expect("delete_object");
+        },
+    )
+}
+
+/// As [`timed_writes`], through the host's backend interface, which the
+/// accessors use: the reference a plugin returns is lent, not copied.
+pub fn timed_lent_writes(
+    backend: &dyn statehost::backend::Backend,
+    at: statehost_plugin_api::StateKey<'_>,
+    value: &str,
+    iters: u64,
+) -> Duration {
+    timed(
+        iters,
+        value.len(),
+        |id| {
+            backend
+                .serialize_lent(at, id, std::hint::black_box(value))
+                .unwrap_or_else(|e| panic!("serialize: {e}"))
+        },
+        |r| {
+            backend.delete_object(r, Some(at)).expect("delete_object");
+        },
+    )
+}
+
+/// Times `iters` calls of `write` (each with a fresh write id), deleting
+/// what they wrote with `delete` between timed batches.
+fn timed<R: std::ops::Deref<Target = str>>(
+    iters: u64,
+    value_len: usize,
+    mut write: impl FnMut(statehost_plugin_api::WriteId) -> Option<R>,
+    mut delete: impl FnMut(&str),
+) -> Duration {
     // Keep at most ~64 MiB of objects between deletions.
-    let batch = (64 << 20) / value.len().max(1);
+    let batch = (64 << 20) / value_len.max(1);
     let batch = batch.clamp(1, 1000) as u64;
     let mut total = Duration::ZERO;
     let mut left = iters;
@@ -207,16 +251,13 @@ pub fn timed_writes(
         let n = left.min(batch);
         let start = std::time::Instant::now();
         for _ in 0..n {
-            let id = statehost_plugin_api::conformance::write_id();
-            match backend.serialize(at, id, std::hint::black_box(value)) {
-                Ok(Serialized::Reference(r)) => written.push(r),
-                Ok(Serialized::Inline) => {}
-                Err(e) => panic!("serialize: {e}"),
+            if let Some(r) = write(statehost_plugin_api::conformance::write_id()) {
+                written.push(r);
             }
         }
         total += start.elapsed();
         for r in written.drain(..) {
-            backend.delete_object(&r, Some(at)).expect("delete_object");
+            delete(&r);
         }
         left -= n;
     }

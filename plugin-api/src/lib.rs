@@ -158,6 +158,12 @@
 //!   panic and reports it as [`ErrorKind::Panicked`]. Keep the plugin built
 //!   with `panic = "unwind"` (the default); with `panic = "abort"` a panic
 //!   ends the host process.
+//! * **Declare [`Capabilities::never_blocks`] only if it is true**: a backend
+//!   whose every call ends without waiting on I/O, the network or another
+//!   process (values in memory) is then called on the caller's thread,
+//!   which saves a thread hand-off per call, and the host's call deadline
+//!   no longer protects its callers from it. Anything that does I/O leaves
+//!   it off.
 //!
 //! # Backends with an async client
 //!
@@ -533,7 +539,8 @@ pub trait BackendPlugin: StateBackend + Sized + 'static {
     const NAME: &'static str;
     /// One line on what it stores and where.
     const DESCRIPTION: &'static str;
-    /// Optional operations it implements.
+    /// Optional operations it implements, and whether its calls never
+    /// block ([`Capabilities::with_never_blocks`]).
     const CAPABILITIES: Capabilities = Capabilities::NONE;
     /// Options whose values are secrets (passwords, keys, tokens; a table
     /// option marks every value in it). Their values never appear in the

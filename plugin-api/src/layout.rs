@@ -90,14 +90,22 @@ fn encoded_len(text: &str) -> usize {
 
 // Paths are written through `fmt::Write`: into a `String` to build one, or
 // into a `Matching` to compare one with a reference without building it.
+// The common case (ids and keys of letters, digits, - and _) needs no
+// encoding, and stays small enough to inline into every caller.
+#[inline]
 fn push_component<W: Write>(out: &mut W, text: &str) {
-    let _ = out.write_char('/');
-    // The common case (ids and keys of letters, digits, - and _) needs no
-    // encoding.
+    let _ = out.write_str("/");
     if text.len() <= MAX_COMPONENT_BYTES && all_plain(text.as_bytes()) {
         let _ = out.write_str(text);
         return;
     }
+    push_encoded(out, text);
+}
+
+/// A component that needs escaping, or hashing when it is too long.
+#[cold]
+#[inline(never)]
+fn push_encoded<W: Write>(out: &mut W, text: &str) {
     if encoded_len(text) <= MAX_COMPONENT_BYTES {
         for chunk in utf8_percent_encode(text, ENCODE) {
             let _ = out.write_str(chunk);
@@ -254,7 +262,8 @@ pub fn key_prefix(at: StateKey<'_>) -> String {
 /// Where one write of a value goes: [`key_prefix`]`/<write id>`.
 pub fn object_path(at: StateKey<'_>, write_id: WriteId) -> String {
     let mut out = key_prefix(at);
-    let _ = write!(out, "/{write_id}");
+    out.push('/');
+    out.push_str(write_id.encode(&mut [0; 36]));
     out
 }
 

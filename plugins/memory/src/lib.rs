@@ -11,11 +11,12 @@
 //! ```
 
 use std::sync::RwLock;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    BackendError, BackendPlugin, Capabilities, HostContext, Options, PathStore, export_backend,
+    BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef, Serialized,
+    StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
 };
 
 /// Options of `[backends.memory]`.
@@ -26,7 +27,28 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
-type Map = rustc_hash::FxHashMap<String, (String, SystemTime)>;
+/// One write of a value: its layout path (the reference) followed by the
+/// value's text, in one allocation.
+#[derive(Debug)]
+struct Object {
+    text: Box<str>,
+    path_len: usize,
+}
+
+impl Object {
+    fn path(&self) -> &str {
+        &self.text[..self.path_len]
+    }
+
+    fn value(&self) -> &str {
+        &self.text[self.path_len..]
+    }
+}
+
+/// Objects by the bits of their write id, which the host never reuses: a
+/// lookup hashes 16 bytes instead of a 100-byte path, and compares the
+/// stored path with the reference once.
+type Map = rustc_hash::FxHashMap<u128, Object>;
 
 // Padded to a cache line each: threads on different shards must not fight
 // over one line through the locks' counters.
@@ -36,14 +58,14 @@ type Shard = crossbeam_utils::CachePadded<RwLock<Map>>;
 /// working on different tasks do not queue on one lock.
 const SHARDS: usize = 16;
 
-/// Values in thread-safe hash maps, keyed by their layout path, which is
-/// also the reference: a [`PathStore`], so plugin-api's layout does the
-/// naming, the reference checks, `delete`, `clear` and `list`. Values are
+/// Values in thread-safe hash maps. Each write is an object of its own,
+/// named by plugin-api's [`layout`] path (which is also the reference), so
+/// references, listings, `delete` and `clear` mean what they mean for the
+/// path-keyed backends; the maps are keyed by write id, and an object is
+/// found only when its stored path is the reference itself. Values are
 /// spread over 16 maps by task (dag, run, task) or asset, so a clear of
 /// every map index of a task, like any single-scope operation, touches one
-/// map. (Hash maps, not ordered ones:
-/// layout paths share long prefixes, which makes every comparison in an
-/// ordered map walk them.)
+/// map.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     inline_threshold_bytes: usize,
@@ -72,6 +94,17 @@ fn shard_index(path: &str) -> usize {
     (rustc_hash::FxBuildHasher.hash_one(shard_key(path)) >> 60) as usize % SHARDS
 }
 
+fn not_found(reference: &str) -> BackendError {
+    BackendError::not_found(format!("no value in memory at {reference}"))
+}
+
+/// When an object was written: its write id's time (the memory backend
+/// writes in the call that receives the id, by the same process's clock).
+fn written_at(write_id: u128) -> Option<SystemTime> {
+    let ms = WriteId::from_u128(write_id)?.unix_ms();
+    UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
 impl MemoryBackend {
     /// An empty backend that stores every value.
     pub fn new() -> Self {
@@ -81,63 +114,123 @@ impl MemoryBackend {
     fn shard(&self, path: &str) -> &Shard {
         &self.shards[shard_index(path)]
     }
-}
 
-impl PathStore for MemoryBackend {
-    fn inline_below(&self) -> usize {
-        self.inline_threshold_bytes
+    /// The write id of the object `reference` names, once the reference is
+    /// checked against its row (`None`: a 1.x reference, which names no
+    /// object here).
+    fn id_of(reference: &str, owner: Option<StateKey<'_>>) -> Result<Option<u128>, BackendError> {
+        Ok(layout::check_reference(reference, owner)?.map(|id| id.as_u128()))
     }
 
-    fn put(&self, path: &str, value: &str) -> Result<(), BackendError> {
-        let entry = (value.to_owned(), SystemTime::now());
-        self.shard(path)
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_owned(), entry);
-        Ok(())
-    }
-
-    fn get(&self, path: &str) -> Result<String, BackendError> {
-        let values = self.shard(path).read().unwrap_or_else(|p| p.into_inner());
-        values
-            .get(path)
-            .map(|(v, _)| v.clone())
-            .ok_or_else(|| BackendError::not_found(format!("no value in memory at {path}")))
-    }
-
-    fn remove(&self, path: &str) -> Result<bool, BackendError> {
-        let mut values = self.shard(path).write().unwrap_or_else(|p| p.into_inner());
-        Ok(values.remove(path).is_some())
-    }
-
-    /// Removes every entry under `prefix/`, in one shard: a scan, which
-    /// delete and clear can afford and set and get never do.
-    fn remove_under(&self, prefix: &str) -> Result<(), BackendError> {
+    /// Removes every object under `prefix` (a layout prefix, no trailing
+    /// `/`), in one shard: a scan, which delete and clear can afford and set
+    /// and get never do.
+    fn remove_under(&self, prefix: &str) {
         let prefix = format!("{prefix}/");
-        let mut values = self
+        let mut objects = self
             .shard(&prefix)
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        values.retain(|path, _| !path.starts_with(&prefix));
+        objects.retain(|_, o| !o.path().starts_with(&prefix));
+    }
+}
+
+impl StateBackend for MemoryBackend {
+    fn serialize(
+        &self,
+        at: StateKey<'_>,
+        write_id: WriteId,
+        value: &str,
+    ) -> Result<Serialized, BackendError> {
+        if value.len() < self.inline_threshold_bytes {
+            return Ok(Serialized::Inline);
+        }
+        let path = layout::object_path(at, write_id);
+        let mut text = String::with_capacity(path.len() + value.len());
+        text.push_str(&path);
+        text.push_str(value);
+        let object = Object {
+            text: text.into_boxed_str(),
+            path_len: path.len(),
+        };
+        let mut objects = self.shard(&path).write().unwrap_or_else(|p| p.into_inner());
+        match objects.entry(write_id.as_u128()) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(object);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                return Err(BackendError::invalid_input(format!(
+                    "the write id {write_id} was already used; every write needs a new one"
+                )));
+            }
+        }
+        drop(objects);
+        Ok(Serialized::Reference(path))
+    }
+
+    fn deserialize(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<String, BackendError> {
+        let id = Self::id_of(reference, owner)?.ok_or_else(|| not_found(reference))?;
+        let objects = self
+            .shard(reference)
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        objects
+            .get(&id)
+            .filter(|o| o.path() == reference)
+            .map(|o| o.value().to_owned())
+            .ok_or_else(|| not_found(reference))
+    }
+
+    fn delete_object(
+        &self,
+        reference: &str,
+        owner: Option<StateKey<'_>>,
+    ) -> Result<bool, BackendError> {
+        let Some(id) = Self::id_of(reference, owner)? else {
+            return Ok(false);
+        };
+        let mut objects = self
+            .shard(reference)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if objects.get(&id).is_some_and(|o| o.path() == reference) {
+            objects.remove(&id);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+        self.remove_under(&layout::key_prefix(at));
         Ok(())
     }
 
-    fn list_under(&self, prefix: &str) -> Result<Vec<(String, Option<SystemTime>)>, BackendError> {
-        let prefix = format!("{prefix}/");
-        // A scope's prefix picks its shard; the roots of the layout span all.
-        let shards: Vec<&Shard> = if prefix.matches('/').count() > 2 {
-            vec![self.shard(&prefix)]
-        } else {
-            self.shards.iter().collect()
+    fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
+        self.remove_under(&layout::clear_prefix(scope, all_map_indices));
+        Ok(())
+    }
+
+    fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
+        // A scope's prefix picks its shard; a listing of everything spans all.
+        let prefix = scope.map(|s| format!("{}/", layout::scope_prefix(s)));
+        let shards: Vec<&Shard> = match &prefix {
+            Some(prefix) => vec![self.shard(prefix)],
+            None => self.shards.iter().collect(),
         };
         let mut out = Vec::new();
         for shard in shards {
-            let values = shard.read().unwrap_or_else(|p| p.into_inner());
+            let objects = shard.read().unwrap_or_else(|p| p.into_inner());
             out.extend(
-                values
+                objects
                     .iter()
-                    .filter(|(path, _)| path.starts_with(&prefix))
-                    .map(|(path, (_, modified))| (path.clone(), Some(*modified))),
+                    .filter(|(_, o)| prefix.as_ref().is_none_or(|p| o.path().starts_with(p)))
+                    .filter_map(|(id, o)| {
+                        StoredObject::from_layout_path(o.path().to_owned(), written_at(*id))
+                    }),
             );
         }
         Ok(out)
@@ -164,10 +257,7 @@ export_backend!(MemoryBackend);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statehost_plugin_api::{
-        AssetScope, ErrorKind, ScopeRef, Serialized, StateBackend, StateKey, TaskScope,
-        conformance, layout,
-    };
+    use statehost_plugin_api::{AssetScope, ErrorKind, TaskScope, conformance};
 
     #[test]
     fn passes_the_conformance_suite() {
@@ -222,6 +312,64 @@ mod tests {
         assert_eq!(
             shard_key(&path),
             layout::scope_prefix(ScopeRef::Asset(asset.identity()))
+        );
+    }
+
+    #[test]
+    fn a_reference_with_another_keys_write_id_finds_nothing() {
+        // Objects are kept by write id: a tampered row that puts another
+        // key's write id under its own key's path must not reach that
+        // key's value, to read or to delete.
+        let backend = MemoryBackend::new();
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        let (mine, theirs) = (
+            StateKey::task(&scope, "mine"),
+            StateKey::task(&scope, "theirs"),
+        );
+        let id = conformance::write_id();
+        let Serialized::Reference(real) = backend.serialize(theirs, id, "\"secret\"").unwrap()
+        else {
+            panic!("stored inline")
+        };
+        let forged = layout::object_path(mine, id);
+        let err = backend.deserialize(&forged, Some(mine)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(!backend.delete_object(&forged, Some(mine)).unwrap());
+        assert_eq!(
+            backend.deserialize(&real, Some(theirs)).unwrap(),
+            "\"secret\""
+        );
+    }
+
+    #[test]
+    fn a_reused_write_id_is_refused_and_the_first_object_kept() {
+        let backend = MemoryBackend::new();
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        let (a, b) = (StateKey::task(&scope, "a"), StateKey::task(&scope, "b"));
+        let id = conformance::write_id();
+        let Serialized::Reference(first) = backend.serialize(a, id, "1").unwrap() else {
+            panic!("stored inline")
+        };
+        let err = backend.serialize(b, id, "2").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.message().contains("already used"), "{err}");
+        assert_eq!(backend.deserialize(&first, Some(a)).unwrap(), "1");
+    }
+
+    #[test]
+    fn listed_objects_carry_their_write_time() {
+        let backend = MemoryBackend::new();
+        let scope = TaskScope::new("d", "r", "t", 3).unwrap();
+        let id = conformance::write_id();
+        backend
+            .serialize(StateKey::task(&scope, "k"), id, "1")
+            .unwrap();
+        let listed = backend.list(Some(ScopeRef::Task(scope.as_ref()))).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].write_id, Some(id));
+        assert_eq!(
+            listed[0].modified,
+            Some(UNIX_EPOCH + Duration::from_millis(id.unix_ms()))
         );
     }
 

@@ -37,6 +37,7 @@ checks! {
     delete_object_is_exact,
     references_must_belong_to_their_key,
     tampered_references_are_refused,
+    another_writes_id_reaches_nothing,
     isolates_scopes,
     delete_removes_every_object_of_a_key,
     clear_respects_map_indices,
@@ -348,6 +349,38 @@ impl Suite<'_> {
                 other => panic!("reading the reference {reference:?} must fail, got {other:?}"),
             }
         }
+    }
+
+    /// A reference of the shared layout that names this key's path with
+    /// another key's write id (a row altered to borrow it) reads and
+    /// deletes nothing: a backend that finds objects by write id must still
+    /// check the whole path. Skipped for references of another shape.
+    fn another_writes_id_reaches_nothing(&self) {
+        let scope = self.task(-1);
+        let (mine, theirs) = (at(&scope, "mine"), at(&scope, "theirs"));
+        let Some(real) = self.put(theirs, &json!("theirs")) else {
+            return;
+        };
+        let Some(id) = crate::layout::parse_reference(&real).and_then(|p| p.write_id) else {
+            return;
+        };
+        let forged = crate::layout::object_path(mine, id);
+        for owner in [Some(mine), None] {
+            match self.backend.deserialize(&forged, owner) {
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::NotFound) => {}
+                other => panic!(
+                    "reading {forged:?}, which borrows the write id of {real:?}, must fail, got {other:?}"
+                ),
+            }
+            match self.backend.delete_object(&forged, owner) {
+                Ok(false) => {}
+                Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+                other => panic!(
+                    "deleting {forged:?}, which borrows the write id of {real:?}, must delete nothing, got {other:?}"
+                ),
+            }
+        }
+        assert_eq!(self.get(&real, theirs), json!("theirs"));
     }
 
     /// Two tasks, two map indices and two assets never see each other's values.

@@ -98,8 +98,11 @@ fn not_found(reference: &str) -> BackendError {
     BackendError::not_found(format!("no value in memory at {reference}"))
 }
 
-/// When an object was written: its write id's time (the memory backend
-/// writes in the call that receives the id, by the same process's clock).
+/// When an object was written, as listings report it: its write id's time,
+/// which is the minting host's clock (possibly skewed, for tests) just
+/// before the call that stored it. Nothing outside this process can list
+/// these objects, so no other clock ever judges their age; and gc goes by
+/// the write id whenever there is one, as here there always is.
 fn written_at(write_id: u128) -> Option<SystemTime> {
     let ms = WriteId::from_u128(write_id)?.unix_ms();
     UNIX_EPOCH.checked_add(Duration::from_millis(ms))
@@ -159,6 +162,8 @@ impl StateBackend for MemoryBackend {
                 slot.insert(object);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
+                // (Within this task or asset; ids reused across shards are
+                // stored apart, and the path check still tells them apart.)
                 return Err(BackendError::invalid_input(format!(
                     "the write id {write_id} was already used; every write needs a new one"
                 )));

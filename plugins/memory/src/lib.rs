@@ -15,8 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use statehost_plugin_api::{
-    BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef, Serialized,
-    StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
+    AssetIdentity, BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef,
+    Serialized, StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
 };
 
 /// Options of `[backends.memory]`.
@@ -27,75 +27,129 @@ struct MemoryOptions {
     inline_threshold_bytes: usize,
 }
 
-/// One write of a value: its layout path (the reference) followed by the
-/// value's text, in one allocation.
+/// What kind of scope an object was written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Task { map_index: i64 },
+    AssetName,
+    AssetUri,
+}
+
+/// A scope and key as the host names them, in parts: dag, run, task and
+/// key; or asset id and key.
+fn owner_parts<'a>(at: StateKey<'a>) -> (Kind, [&'a str; 4]) {
+    match at.scope {
+        ScopeRef::Task(t) => (
+            Kind::Task {
+                map_index: t.map_index(),
+            },
+            [t.dag_id(), t.run_id(), t.task_id(), at.key],
+        ),
+        ScopeRef::Asset(AssetIdentity::Name(name)) => (Kind::AssetName, [name, at.key, "", ""]),
+        ScopeRef::Asset(AssetIdentity::Uri(uri)) => (Kind::AssetUri, [uri, at.key, "", ""]),
+    }
+}
+
+/// One write of a value. Its text holds, in one allocation, its layout
+/// path (the reference), the value, and the parts of the scope and key it
+/// was written for, so that a read's owner is compared as the host names
+/// it instead of being encoded into a path again.
 #[derive(Debug)]
 struct Object {
     text: Box<str>,
     path_len: usize,
+    value_len: usize,
+    kind: Kind,
+    part_lens: [usize; 4],
 }
 
 impl Object {
+    fn new(path: &str, value: &str, at: StateKey<'_>) -> Object {
+        let (kind, parts) = owner_parts(at);
+        let owner_len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut text = String::with_capacity(path.len() + value.len() + owner_len);
+        text.push_str(path);
+        text.push_str(value);
+        for part in parts {
+            text.push_str(part);
+        }
+        Object {
+            text: text.into_boxed_str(),
+            path_len: path.len(),
+            value_len: value.len(),
+            kind,
+            part_lens: parts.map(str::len),
+        }
+    }
+
     fn path(&self) -> &str {
         &self.text[..self.path_len]
     }
 
     fn value(&self) -> &str {
-        &self.text[self.path_len..]
+        &self.text[self.path_len..self.path_len + self.value_len]
+    }
+
+    /// Whether it was written for exactly this scope and key.
+    fn belongs_to(&self, at: StateKey<'_>) -> bool {
+        let (kind, parts) = owner_parts(at);
+        if kind != self.kind {
+            return false;
+        }
+        let text = self.text.as_bytes();
+        let mut start = self.path_len + self.value_len;
+        for (part, len) in parts.iter().zip(self.part_lens) {
+            if part.len() != len || text.get(start..start + len) != Some(part.as_bytes()) {
+                return false;
+            }
+            start += len;
+        }
+        true
     }
 }
 
-/// Objects by the bits of their write id, which the host never reuses: a
-/// lookup hashes 16 bytes instead of a 100-byte path, and compares the
-/// stored path with the reference once.
+/// Objects by the bits of their write id, which the host never reuses.
 type Map = rustc_hash::FxHashMap<u128, Object>;
 
 // Padded to a cache line each: threads on different shards must not fight
 // over one line through the locks' counters.
 type Shard = crossbeam_utils::CachePadded<RwLock<Map>>;
 
-/// How many independently locked maps values are spread over, so threads
-/// working on different tasks do not queue on one lock.
+/// How many independently locked maps objects are spread over (by write
+/// id), so threads do not queue on one lock.
 const SHARDS: usize = 16;
 
 /// Values in thread-safe hash maps. Each write is an object of its own,
 /// named by plugin-api's [`layout`] path (which is also the reference), so
 /// references, listings, `delete` and `clear` mean what they mean for the
-/// path-keyed backends; the maps are keyed by write id, and an object is
-/// found only when its stored path is the reference itself. Values are
-/// spread over 16 maps by task (dag, run, task) or asset, so a clear of
-/// every map index of a task, like any single-scope operation, touches one
-/// map.
+/// path-keyed backends. Objects are kept by write id: a set, get or delete
+/// of one object hashes 16 bytes, and finds the object only when its stored
+/// path is the reference itself and it was written for the caller's scope
+/// and key, compared part by part; only a reference that finds nothing is
+/// taken apart by [`layout::check_reference`], to say what is wrong with
+/// it. `delete`, `clear` and `list` scan every shard.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     inline_threshold_bytes: usize,
     shards: [Shard; SHARDS],
 }
 
-/// The part of a layout path that picks the shard: `v2/task/<dag>/<run>/<task>`
-/// for task state, `v2/asset/<name|uri>/<id>` for asset state.
-fn shard_key(path: &str) -> &str {
-    let wanted = if path.starts_with("v2/task/") { 5 } else { 4 };
-    let mut slashes = 0;
-    for (i, b) in path.bytes().enumerate() {
-        if b == b'/' {
-            slashes += 1;
-            if slashes == wanted {
-                return &path[..i];
-            }
-        }
-    }
-    path
-}
-
-fn shard_index(path: &str) -> usize {
-    use std::hash::BuildHasher;
-    // The high bits: FxHash mixes poorly into the low ones.
-    (rustc_hash::FxBuildHasher.hash_one(shard_key(path)) >> 60) as usize % SHARDS
+/// Whether `object` is the one `reference` names, and (when the caller
+/// knows the row's scope and key) was written for them.
+fn is_the_object(object: &Object, reference: &str, owner: Option<StateKey<'_>>) -> bool {
+    object.path() == reference && owner.is_none_or(|at| object.belongs_to(at))
 }
 
 fn not_found(reference: &str) -> BackendError {
     BackendError::not_found(format!("no value in memory at {reference}"))
+}
+
+/// The write id a reference of the layout ends with, read without looking
+/// at the rest of it: the object it finds is then compared with the whole
+/// reference.
+fn trailing_id(reference: &str) -> Option<u128> {
+    let id = reference.get(reference.len().checked_sub(37)?..)?;
+    Some(id.strip_prefix('/')?.parse::<WriteId>().ok()?.as_u128())
 }
 
 /// When an object was written, as listings report it: its write id's time,
@@ -114,30 +168,22 @@ impl MemoryBackend {
         MemoryBackend::default()
     }
 
-    fn shard(&self, path: &str) -> &Shard {
-        &self.shards[shard_index(path)]
-    }
-
-    /// The write id of the object `reference` names, once the reference is
-    /// checked against its row (`None`: a 1.x reference, which names no
-    /// object here).
-    fn id_of(reference: &str, owner: Option<StateKey<'_>>) -> Result<Option<u128>, BackendError> {
-        Ok(layout::check_reference(reference, owner)?.map(|id| id.as_u128()))
+    fn shard(&self, id: u128) -> &Shard {
+        // The low bits of a write id are random.
+        &self.shards[id as usize % SHARDS]
     }
 
     /// Removes every object under `prefix` (a layout prefix, no trailing
-    /// `/`), in one shard: a scan, which delete and clear can afford and set
-    /// and get never do.
+    /// `/`): a scan, which delete and clear can afford and set and get
+    /// never do.
     fn remove_under(&self, prefix: &str) {
         let prefix = format!("{prefix}/");
-        let mut objects = self
-            .shard(&prefix)
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        objects.retain(|_, o| !o.path().starts_with(&prefix));
+        for shard in &self.shards {
+            let mut objects = shard.write().unwrap_or_else(|p| p.into_inner());
+            objects.retain(|_, o| !o.path().starts_with(&prefix));
+        }
     }
 }
-
 impl StateBackend for MemoryBackend {
     fn serialize(
         &self,
@@ -149,21 +195,14 @@ impl StateBackend for MemoryBackend {
             return Ok(Serialized::Inline);
         }
         let path = layout::object_path(at, write_id);
-        let mut text = String::with_capacity(path.len() + value.len());
-        text.push_str(&path);
-        text.push_str(value);
-        let object = Object {
-            text: text.into_boxed_str(),
-            path_len: path.len(),
-        };
-        let mut objects = self.shard(&path).write().unwrap_or_else(|p| p.into_inner());
-        match objects.entry(write_id.as_u128()) {
+        let object = Object::new(&path, value, at);
+        let id = write_id.as_u128();
+        let mut objects = self.shard(id).write().unwrap_or_else(|p| p.into_inner());
+        match objects.entry(id) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(object);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
-                // (Within this task or asset; ids reused across shards are
-                // stored apart, and the path check still tells them apart.)
                 return Err(BackendError::invalid_input(format!(
                     "the write id {write_id} was already used; every write needs a new one"
                 )));
@@ -178,16 +217,19 @@ impl StateBackend for MemoryBackend {
         reference: &str,
         owner: Option<StateKey<'_>>,
     ) -> Result<String, BackendError> {
-        let id = Self::id_of(reference, owner)?.ok_or_else(|| not_found(reference))?;
-        let objects = self
-            .shard(reference)
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        objects
-            .get(&id)
-            .filter(|o| o.path() == reference)
-            .map(|o| o.value().to_owned())
-            .ok_or_else(|| not_found(reference))
+        if let Some(id) = trailing_id(reference) {
+            let objects = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
+            if let Some(object) = objects
+                .get(&id)
+                .filter(|o| is_the_object(o, reference, owner))
+            {
+                return Ok(object.value().to_owned());
+            }
+        }
+        // Nothing of the owner's there: the layout says what is wrong with
+        // the reference, if anything is.
+        layout::check_reference(reference, owner)?;
+        Err(not_found(reference))
     }
 
     fn delete_object(
@@ -195,17 +237,17 @@ impl StateBackend for MemoryBackend {
         reference: &str,
         owner: Option<StateKey<'_>>,
     ) -> Result<bool, BackendError> {
-        let Some(id) = Self::id_of(reference, owner)? else {
-            return Ok(false);
-        };
-        let mut objects = self
-            .shard(reference)
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        if objects.get(&id).is_some_and(|o| o.path() == reference) {
-            objects.remove(&id);
-            return Ok(true);
+        if let Some(id) = trailing_id(reference) {
+            let mut objects = self.shard(id).write().unwrap_or_else(|p| p.into_inner());
+            if objects
+                .get(&id)
+                .is_some_and(|o| is_the_object(o, reference, owner))
+            {
+                objects.remove(&id);
+                return Ok(true);
+            }
         }
+        layout::check_reference(reference, owner)?;
         Ok(false)
     }
 
@@ -220,14 +262,9 @@ impl StateBackend for MemoryBackend {
     }
 
     fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
-        // A scope's prefix picks its shard; a listing of everything spans all.
         let prefix = scope.map(|s| format!("{}/", layout::scope_prefix(s)));
-        let shards: Vec<&Shard> = match &prefix {
-            Some(prefix) => vec![self.shard(prefix)],
-            None => self.shards.iter().collect(),
-        };
         let mut out = Vec::new();
-        for shard in shards {
+        for shard in &self.shards {
             let objects = shard.read().unwrap_or_else(|p| p.into_inner());
             out.extend(
                 objects
@@ -265,6 +302,53 @@ mod tests {
     use statehost_plugin_api::{AssetScope, ErrorKind, TaskScope, conformance};
 
     #[test]
+    fn owners_are_compared_part_by_part() {
+        // The reference itself, read as the row of another scope or key
+        // whose parts run together into the same text, or of an asset with
+        // the same name as a uri, is refused, never read.
+        let backend = MemoryBackend::new();
+        let written = TaskScope::new("ab", "c", "t", -1).unwrap();
+        let at = StateKey::task(&written, "k");
+        let Serialized::Reference(r) = backend.serialize(at, conformance::write_id(), "1").unwrap()
+        else {
+            panic!("stored inline")
+        };
+        let shifted = TaskScope::new("a", "bc", "t", -1).unwrap();
+        let other_index = TaskScope::new("ab", "c", "t", 0).unwrap();
+        let task_k = TaskScope::new("ab", "c", "tk", -1).unwrap();
+        for wrong in [
+            StateKey::task(&shifted, "k"),
+            StateKey::task(&other_index, "k"),
+            StateKey::task(&task_k, ""),
+        ] {
+            let err = backend.deserialize(&r, Some(wrong)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+            assert!(backend.delete_object(&r, Some(wrong)).is_err());
+        }
+        assert_eq!(backend.deserialize(&r, Some(at)).unwrap(), "1");
+
+        let by_name = AssetScope::by_name("x").unwrap();
+        let by_uri = AssetScope::by_uri("x").unwrap();
+        let id = conformance::write_id();
+        let Serialized::Reference(r) = backend
+            .serialize(StateKey::asset(&by_name, "k"), id, "2")
+            .unwrap()
+        else {
+            panic!("stored inline")
+        };
+        let err = backend
+            .deserialize(&r, Some(StateKey::asset(&by_uri, "k")))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert_eq!(
+            backend
+                .deserialize(&r, Some(StateKey::asset(&by_name, "k")))
+                .unwrap(),
+            "2"
+        );
+    }
+
+    #[test]
     fn passes_the_conformance_suite() {
         let backend = MemoryBackend::new();
         conformance::run(&backend);
@@ -292,32 +376,6 @@ mod tests {
                 .unwrap(),
             Serialized::Reference(_)
         ));
-    }
-
-    #[test]
-    fn a_scope_and_all_its_map_indices_share_a_shard() {
-        let long = "d".repeat(700);
-        for dag in ["d", long.as_str()] {
-            let m0 = TaskScope::new(dag, "r", "t", 0).unwrap();
-            let m1 = m0.with_map_index(1).unwrap();
-            let path = layout::object_path(StateKey::task(&m0, "k"), conformance::write_id());
-            let all = layout::clear_prefix(ScopeRef::Task(m0.as_ref()), true);
-            assert_eq!(shard_key(&path), all);
-            assert_eq!(
-                shard_index(&path),
-                shard_index(&layout::object_path(
-                    StateKey::task(&m1, "x/y"),
-                    conformance::write_id()
-                ))
-            );
-            assert_eq!(shard_index(&format!("{all}/")), shard_index(&path));
-        }
-        let asset = AssetScope::by_name("a/b").unwrap();
-        let path = layout::object_path(StateKey::asset(&asset, "k"), conformance::write_id());
-        assert_eq!(
-            shard_key(&path),
-            layout::scope_prefix(ScopeRef::Asset(asset.identity()))
-        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ Worker-side backends, equivalent to statehost's plugins:
   fs      each value a file under a root: temporary file, write, fsync,
           rename, fsync of the directory (what the fs plugin does)
 
-Prints one JSON object: {backend: {size: {"set": µs, "get": µs, "pair": µs}}}.
+Prints one JSON object: {backend: {size: {"set": µs, "get": µs, "pair": µs}}},
+each figure the median of STATEHOST_BENCH_ROUNDS rounds (3 by default), as
+statehost's side_by_side bench reports its own.
 Usage: python airflow_state_bench.py ROOT_DIR [N]
 """
 
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +36,7 @@ from urllib.parse import quote
 ROOT = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
 SIZES = [16, 1024]
+ROUNDS = max(1, int(os.environ.get("STATEHOST_BENCH_ROUNDS", "3")))
 
 os.environ.setdefault("AIRFLOW__STATE_STORE__DEFAULT_RETENTION_DAYS", "30")
 
@@ -154,6 +159,9 @@ BACKENDS = {
 
 
 def run(backend: str, size: int) -> dict:
+    # Each round starts empty, as statehost's rounds do (a fresh host).
+    MemoryStateBackend.values.clear()
+    shutil.rmtree(FileStateBackend.root, ignore_errors=True)
     os.environ["AIRFLOW__WORKERS__STATE_STORE_BACKEND"] = BACKENDS[backend]
     os.environ["AIRFLOW__STATE_STORE__MAX_VALUE_STORAGE_BYTES"] = "0"
     ctx._get_worker_state_store_backend.cache_clear()
@@ -184,5 +192,9 @@ def run(backend: str, size: int) -> dict:
 
 if __name__ == "__main__":
     sys.modules.setdefault(__name__, sys.modules["__main__"])
-    results = {b: {str(size): run(b, size) for size in SIZES} for b in BACKENDS}
+    def median_of_rounds(backend: str, size: int) -> dict:
+        runs = [run(backend, size) for _ in range(ROUNDS)]
+        return {op: statistics.median(r[op] for r in runs) for op in ("set", "get", "pair")}
+
+    results = {b: {str(size): median_of_rounds(b, size) for size in SIZES} for b in BACKENDS}
     print(json.dumps(results))

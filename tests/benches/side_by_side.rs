@@ -14,6 +14,10 @@
 //! prints it next to Airflow's figures. For profiling, `STATEHOST_BENCH_ONLY`
 //! runs one backend (`memory-inline`, ...), `STATEHOST_BENCH_SIZE` one value
 //! size (`16` or `1024`) and `STATEHOST_BENCH_N` sets N.
+//!
+//! Every measurement runs `STATEHOST_BENCH_ROUNDS` times (3 by default),
+//! each on a fresh host and store, and the median of each figure is kept:
+//! this machine's clock moves by tens of per cent between runs.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -45,6 +49,11 @@ fn main() {
     let only_size: Option<usize> = std::env::var("STATEHOST_BENCH_SIZE")
         .ok()
         .and_then(|s| s.parse().ok());
+    let rounds: usize = std::env::var("STATEHOST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let mut results = serde_json::Map::new();
     for backend in [
         "none",
@@ -62,56 +71,24 @@ fn main() {
             if only_size.is_some_and(|s| s != size) {
                 continue;
             }
-            if backend == "memory-floor" {
-                by_size.insert(size.to_string(), floor(n, size));
-                continue;
-            }
-            let (name, inline) = match backend.strip_suffix("-inline") {
-                Some(name) => (name, true),
-                None => (backend, false),
+            let runs: Vec<Timing> = (0..rounds)
+                .map(|round| {
+                    if backend == "memory-floor" {
+                        floor(n, size)
+                    } else {
+                        let dir = root.path().join(format!("{backend}-{size}-{round}"));
+                        accessors(backend, n, size, &dir)
+                    }
+                })
+                .collect();
+            let median = |pick: fn(&Timing) -> f64| {
+                let mut all: Vec<f64> = runs.iter().map(pick).collect();
+                all.sort_by(f64::total_cmp);
+                all[all.len() / 2]
             };
-            let mut builder = StateHost::builder(Arc::new(MemoryStore::new())).limits(Limits {
-                deadline: if inline {
-                    None
-                } else {
-                    Limits::default().deadline
-                },
-                ..Limits::default()
-            });
-            if name != "none" {
-                let options = match name {
-                    "fs" => json!({"root": root.path().join(format!("{backend}-{size}"))}),
-                    _ => serde_json::Value::Null,
-                };
-                let library = release_library(&format!("statehost_{name}"));
-                let b = LoadedBackend::load(library, &options, None).unwrap();
-                builder = builder.backend(name, Arc::new(b));
-            }
-            let host = builder.build();
-            let state = host.task_state(
-                TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap(),
-            );
-            let value = json_string_of(size);
-            let keys: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
-
-            let start = Instant::now();
-            for k in &keys {
-                state.set(k, &value).unwrap();
-            }
-            let set = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-            let start = Instant::now();
-            for k in &keys {
-                assert_eq!(state.get(k).unwrap().as_ref(), Some(&value));
-            }
-            let get = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-            let start = Instant::now();
-            for k in &keys {
-                state.set(k, &value).unwrap();
-                state.get(k).unwrap();
-            }
-            let pair = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+            let (set, get, pair) = (median(|t| t.set), median(|t| t.get), median(|t| t.pair));
             println!(
-                "side_by_side/{backend}/{size}B: set {set:.2} µs, get {get:.2} µs, pair {pair:.2} µs"
+                "side_by_side/{backend}/{size}B: set {set:.2} µs, get {get:.2} µs, pair {pair:.2} µs (median of {rounds})"
             );
             by_size.insert(
                 size.to_string(),
@@ -129,6 +106,62 @@ fn main() {
     .unwrap();
 }
 
+/// Microseconds per operation of one round.
+struct Timing {
+    set: f64,
+    get: f64,
+    pair: f64,
+}
+
+/// Times `f` over every key, in µs per key.
+fn per_key(keys: &[String], mut f: impl FnMut(&str)) -> f64 {
+    let start = Instant::now();
+    for k in keys {
+        f(k);
+    }
+    start.elapsed().as_secs_f64() * 1e6 / keys.len() as f64
+}
+
+/// One round through the task-state accessor: N new keys set, read, then
+/// set and read again.
+fn accessors(backend: &str, n: usize, size: usize, dir: &std::path::Path) -> Timing {
+    let (name, inline) = match backend.strip_suffix("-inline") {
+        Some(name) => (name, true),
+        None => (backend, false),
+    };
+    let mut builder = StateHost::builder(Arc::new(MemoryStore::new())).limits(Limits {
+        deadline: if inline {
+            None
+        } else {
+            Limits::default().deadline
+        },
+        ..Limits::default()
+    });
+    if name != "none" {
+        let options = match name {
+            "fs" => json!({"root": dir}),
+            _ => serde_json::Value::Null,
+        };
+        let library = release_library(&format!("statehost_{name}"));
+        let b = LoadedBackend::load(library, &options, None).unwrap();
+        builder = builder.backend(name, Arc::new(b));
+    }
+    let host = builder.build();
+    let state = host
+        .task_state(TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap());
+    let value = json_string_of(size);
+    let keys: Vec<String> = (0..n).map(|i| format!("key-{i}")).collect();
+    let set = per_key(&keys, |k| state.set(k, &value).unwrap());
+    let get = per_key(&keys, |k| {
+        assert_eq!(state.get(k).unwrap().as_ref(), Some(&value));
+    });
+    let pair = per_key(&keys, |k| {
+        state.set(k, &value).unwrap();
+        state.get(k).unwrap();
+    });
+    Timing { set, get, pair }
+}
+
 /// The least work a memory-backend pair can do in this design, in plain
 /// maps on one thread, without a check, a lock or the plugin boundary: a set
 /// renders the value, mints a write id, stores the value under a new path,
@@ -138,7 +171,7 @@ fn main() {
 /// and parsed as quoted text, as the accessors' fast path does. What the
 /// accessors cost above this is the price of the checks, the boundary and
 /// the consistency rules.
-fn floor(n: usize, size: usize) -> serde_json::Value {
+fn floor(n: usize, size: usize) -> Timing {
     use std::collections::HashMap;
     use std::hint::black_box;
     use std::time::{SystemTime, UNIX_EPOCH};
@@ -176,24 +209,15 @@ fn floor(n: usize, size: usize) -> serde_json::Value {
         let text = objects[&row[MARK.len()..row.len() - 2]].clone();
         serde_json::Value::String(text[1..text.len() - 1].to_string())
     };
-    let start = Instant::now();
-    for k in &keys {
-        set(&mut rows, &mut objects, k);
-    }
-    let set_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-    let start = Instant::now();
-    for k in &keys {
-        assert_eq!(get(&rows, &objects, k), value);
-    }
-    let get_us = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-    let start = Instant::now();
-    for k in &keys {
+    let set_us = per_key(&keys, |k| set(&mut rows, &mut objects, k));
+    let get_us = per_key(&keys, |k| assert_eq!(get(&rows, &objects, k), value));
+    let pair = per_key(&keys, |k| {
         set(&mut rows, &mut objects, k);
         black_box(get(&rows, &objects, k));
+    });
+    Timing {
+        set: set_us,
+        get: get_us,
+        pair,
     }
-    let pair = start.elapsed().as_secs_f64() * 1e6 / n as f64;
-    println!(
-        "side_by_side/memory-floor/{size}B: set {set_us:.2} µs, get {get_us:.2} µs, pair {pair:.2} µs"
-    );
-    json!({"set": set_us, "get": get_us, "pair": pair})
 }

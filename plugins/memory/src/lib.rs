@@ -17,6 +17,7 @@ use serde::Deserialize;
 use statehost_plugin_api::{
     AssetIdentity, BackendError, BackendPlugin, Capabilities, HostContext, Options, ScopeRef,
     Serialized, StateBackend, StateKey, StoredObject, WriteId, export_backend, layout,
+    validate_key,
 };
 
 /// Options of `[backends.memory]`.
@@ -30,24 +31,30 @@ struct MemoryOptions {
 /// What kind of scope an object was written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Task { map_index: i64 },
+    Task,
     AssetName,
     AssetUri,
 }
 
-/// A scope and key as the host names them, in parts: dag, run, task and
-/// key; or asset id and key.
-fn owner_parts<'a>(at: StateKey<'a>) -> (Kind, [&'a str; 4]) {
+/// A scope and key as the host names them: the kind, the map index (-1
+/// for assets), and the parts: dag, run, task and key; or asset id and
+/// key.
+fn owner_parts<'a>(at: StateKey<'a>) -> (Kind, i64, [&'a str; 4]) {
     match at.scope {
         ScopeRef::Task(t) => (
-            Kind::Task {
-                map_index: t.map_index(),
-            },
+            Kind::Task,
+            t.map_index(),
             [t.dag_id(), t.run_id(), t.task_id(), at.key],
         ),
-        ScopeRef::Asset(AssetIdentity::Name(name)) => (Kind::AssetName, [name, at.key, "", ""]),
-        ScopeRef::Asset(AssetIdentity::Uri(uri)) => (Kind::AssetUri, [uri, at.key, "", ""]),
+        ScopeRef::Asset(AssetIdentity::Name(name)) => (Kind::AssetName, -1, [name, at.key, "", ""]),
+        ScopeRef::Asset(AssetIdentity::Uri(uri)) => (Kind::AssetUri, -1, [uri, at.key, "", ""]),
     }
+}
+
+/// A length kept in 32 bits: paths, ids and keys are bounded far below
+/// (a longer one could only fail to match).
+fn short_len(text: &str) -> u32 {
+    u32::try_from(text.len()).unwrap_or(u32::MAX)
 }
 
 /// One write of a value. Its text holds, in one allocation, its layout
@@ -57,15 +64,16 @@ fn owner_parts<'a>(at: StateKey<'a>) -> (Kind, [&'a str; 4]) {
 #[derive(Debug)]
 struct Object {
     text: Box<str>,
-    path_len: usize,
     value_len: usize,
+    path_len: u32,
+    part_lens: [u32; 4],
     kind: Kind,
-    part_lens: [usize; 4],
+    map_index: i64,
 }
 
 impl Object {
     fn new(path: &str, value: &str, at: StateKey<'_>) -> Object {
-        let (kind, parts) = owner_parts(at);
+        let (kind, map_index, parts) = owner_parts(at);
         let owner_len: usize = parts.iter().map(|p| p.len()).sum();
         let mut text = String::with_capacity(path.len() + value.len() + owner_len);
         text.push_str(path);
@@ -75,30 +83,35 @@ impl Object {
         }
         Object {
             text: text.into_boxed_str(),
-            path_len: path.len(),
             value_len: value.len(),
+            path_len: short_len(path),
+            part_lens: parts.map(short_len),
             kind,
-            part_lens: parts.map(str::len),
+            map_index,
         }
     }
 
     fn path(&self) -> &str {
-        &self.text[..self.path_len]
+        self.text.get(..self.path_len as usize).unwrap_or_default()
     }
 
     fn value(&self) -> &str {
-        &self.text[self.path_len..self.path_len + self.value_len]
+        let start = self.path_len as usize;
+        self.text
+            .get(start..start + self.value_len)
+            .unwrap_or_default()
     }
 
     /// Whether it was written for exactly this scope and key.
     fn belongs_to(&self, at: StateKey<'_>) -> bool {
-        let (kind, parts) = owner_parts(at);
-        if kind != self.kind {
+        let (kind, map_index, parts) = owner_parts(at);
+        if kind != self.kind || map_index != self.map_index {
             return false;
         }
         let text = self.text.as_bytes();
-        let mut start = self.path_len + self.value_len;
+        let mut start = self.path_len as usize + self.value_len;
         for (part, len) in parts.iter().zip(self.part_lens) {
+            let len = len as usize;
             if part.len() != len || text.get(start..start + len) != Some(part.as_bytes()) {
                 return false;
             }
@@ -194,6 +207,10 @@ impl StateBackend for MemoryBackend {
         if value.len() < self.inline_threshold_bytes {
             return Ok(Serialized::Inline);
         }
+        // A key the layout cannot read back (the host never sends one) is
+        // refused, so every stored path parses: a read without an owner
+        // then needs no parse to answer as the layout would.
+        validate_key(at.key)?;
         let path = layout::object_path(at, write_id);
         let object = Object::new(&path, value, at);
         let id = write_id.as_u128();
@@ -300,6 +317,19 @@ export_backend!(MemoryBackend);
 mod tests {
     use super::*;
     use statehost_plugin_api::{AssetScope, ErrorKind, TaskScope, conformance};
+
+    #[test]
+    fn keys_the_layout_cannot_read_back_are_refused() {
+        let backend = MemoryBackend::new();
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        for key in ["", "a\nb"] {
+            let err = backend
+                .serialize(StateKey::task(&scope, key), conformance::write_id(), "1")
+                .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{key:?}: {err}");
+        }
+        assert!(backend.list(None).unwrap().is_empty());
+    }
 
     #[test]
     fn owners_are_compared_part_by_part() {

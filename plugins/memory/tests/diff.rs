@@ -92,22 +92,33 @@ fn answers_as_a_path_store_over_the_same_layout_does() {
     let long = "x".repeat(300);
     let long2 = format!("{}y", "x".repeat(299));
     let mut scopes = vec![];
-    for dag in ["d", "d2", long.as_str(), long2.as_str()] {
+    for dag in ["d", "d2", "dä", long.as_str(), long2.as_str()] {
         for task in ["t", "t2"] {
             for mi in [-1, 0, 1, 10] {
                 scopes.push(Scope::Task(TaskScope::new(dag, "r", task, mi).unwrap()));
             }
         }
     }
-    for n in ["a", "a/b", "ab", long.as_str(), long2.as_str()] {
+    for n in ["a", "a/b", "ab", "é", long.as_str(), long2.as_str()] {
         scopes.push(Scope::Asset(AssetScope::by_name(n).unwrap()));
         scopes.push(Scope::Asset(
             AssetScope::by_uri(format!("s3://{n}")).unwrap(),
         ));
     }
+    // A name and a uri of the same text are two assets.
+    scopes.push(Scope::Asset(AssetScope::by_uri("a").unwrap()));
     let lk = "k".repeat(200);
     let lk2 = format!("{}j", "k".repeat(199));
-    let keys = ["a", "ab", "a/b", "a b", "..", lk.as_str(), lk2.as_str()];
+    let keys = [
+        "a",
+        "ab",
+        "a/b",
+        "a b",
+        "..",
+        "ключ",
+        lk.as_str(),
+        lk2.as_str(),
+    ];
     let seeds: u64 = std::env::var("STATEHOST_MEMORY_DIFF_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -147,9 +158,18 @@ fn answers_as_a_path_store_over_the_same_layout_does() {
                 _ => {
                     let (rs, rk, r) = refs[rng.pick(refs.len())].clone();
                     // owner: the right one, a random one, or none; reference: as is or with
-                    // another object's write id, or with its own id under a random key.
+                    // another object's write id, or with its own id under a random key, or
+                    // damaged (cut short, or with a two-byte character where the id starts).
                     let mut r = r;
-                    match rng.pick(3) {
+                    match rng.pick(5) {
+                        3 => {
+                            let mut cut = r.len() - 1 - rng.pick(40);
+                            while !r.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            r.truncate(cut);
+                        }
+                        4 => r.insert(r.len() - 36, 'é'),
                         0 => {}
                         1 => {
                             let other = &refs[rng.pick(refs.len())].2;

@@ -55,6 +55,10 @@ def main() -> None:
             lent = g(f"{p}/so-lent")
             rows.append([op, size, fmt(so), fmt(lent), fmt(tr), fmt(di), fmt(fl), ratio(so, tr), ratio(lent, tr), ratio(tr, di)])
     print(table(["op", "size", ".so", ".so lent", "trait", "direct", "floor (map)", ".so / trait", "lent / trait", "trait / direct"], rows))
+    so_call, local_call = g("boundary/memory/call/so-lent"), g("boundary/memory/call/trait")
+    if so_call is not None and local_call is not None:
+        print(f"\nOne call that does no work (a 16 B serialize the backend keeps inline), through the host's interface: "
+              f".so {fmt(so_call)}, in-process {fmt(local_call)}; the boundary's fixed cost {fmt(so_call - local_call)}.")
 
     print("\n### Boundary: fs backend, one call\n")
     rows = []

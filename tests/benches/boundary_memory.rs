@@ -13,7 +13,9 @@ use statehost::backend::{Backend, InProcess};
 use statehost::plugin::LoadedBackend;
 use statehost_memory::MemoryBackend;
 use statehost_plugin_api::conformance::write_id;
-use statehost_plugin_api::{Capabilities, Serialized, StateBackend, StateKey, TaskScope, layout};
+use statehost_plugin_api::{
+    BackendPlugin, Capabilities, Serialized, StateBackend, StateKey, TaskScope, WriteId, layout,
+};
 use statehost_tests::{
     BENCH_SIZES, json_string_of, release_library, size_label, timed_lent_writes, timed_writes,
 };
@@ -59,10 +61,13 @@ fn boundary(c: &mut Criterion) {
             b.iter_custom(|iters| timed_writes(&direct, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
-            // The storage work alone: a new key's path and bytes in a map.
+            // The storage work alone: a new key's path and bytes in a map
+            // (ids numbered, not minted: the timed calls get theirs ready).
             let mut map = HashMap::new();
+            let (ms, mut n) = (write_id().unix_ms(), 0u128);
             b.iter(|| {
-                let path = layout::object_path(at, write_id());
+                n += 1;
+                let path = layout::object_path(at, WriteId::from_parts(ms, n));
                 map.insert(path, black_box(value.as_str()).to_string());
                 if map.len() > 1000 {
                     map.clear();
@@ -105,6 +110,38 @@ fn boundary(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    // The fixed cost of a call: a serialize the backend answers with
+    // "keep inline" (its threshold is above the value), so no path is built
+    // and nothing is stored; through the `.so` and in-process, both through
+    // the host's backend interface.
+    let options = serde_json::json!({"inline_threshold_bytes": 1 << 20});
+    let loaded_inline =
+        LoadedBackend::load(release_library("statehost_memory"), &options, None).unwrap();
+    let local_inline = InProcess::new(
+        <MemoryBackend as BackendPlugin>::new(
+            &statehost_plugin_api::Options::new(options.clone()),
+            &statehost_plugin_api::HostContext::new(),
+        )
+        .unwrap(),
+        Capabilities::LIST,
+    );
+    let value = json_string_of(16).to_string();
+    // Nothing is stored, so one id serves every call.
+    let id = write_id();
+    let mut group = c.benchmark_group("boundary/memory/call");
+    for (name, backend) in [
+        ("so-lent", &loaded_inline as &dyn Backend),
+        ("trait", &local_inline as &dyn Backend),
+    ] {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let kept = backend.serialize_lent(at, id, black_box(&value)).unwrap();
+                assert!(kept.is_none());
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group! {

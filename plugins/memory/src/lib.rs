@@ -128,23 +128,44 @@ type Map = rustc_hash::FxHashMap<u128, Object>;
 // over one line through the locks' counters.
 type Shard = crossbeam_utils::CachePadded<RwLock<Map>>;
 
-/// How many independently locked maps objects are spread over (by write
-/// id), so threads do not queue on one lock.
+/// How many independently locked maps objects are spread over, so threads
+/// working on different tasks do not queue on one lock (or pass its cache
+/// line between cores).
 const SHARDS: usize = 16;
 
 /// Values in thread-safe hash maps. Each write is an object of its own,
 /// named by plugin-api's [`layout`] path (which is also the reference), so
 /// references, listings, `delete` and `clear` mean what they mean for the
-/// path-keyed backends. Objects are kept by write id: a set, get or delete
-/// of one object hashes 16 bytes, and finds the object only when its stored
+/// path-keyed backends. Objects are spread over 16 maps by task (dag, run,
+/// task) or asset, so a thread's task stays on its own lock and a clear of
+/// every map index of a task, like any single-scope operation, touches one
+/// map. Within a map objects are kept by write id: a set, get or delete of
+/// one object hashes 16 bytes, and finds the object only when its stored
 /// path is the reference itself and it was written for the caller's scope
 /// and key, compared part by part; only a reference that finds nothing is
 /// taken apart by [`layout::check_reference`], to say what is wrong with
-/// it. `delete`, `clear` and `list` scan every shard.
+/// it.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     inline_threshold_bytes: usize,
     shards: [Shard; SHARDS],
+}
+
+/// The map a scope's objects live in: by its task (dag, run, task; every
+/// map index of a task shares it) or its asset, as the host names them.
+fn shard_index(scope: ScopeRef<'_>) -> usize {
+    use std::hash::BuildHasher;
+    let hash = match scope {
+        ScopeRef::Task(t) => {
+            rustc_hash::FxBuildHasher.hash_one((t.dag_id(), t.run_id(), t.task_id()))
+        }
+        ScopeRef::Asset(AssetIdentity::Name(name)) => {
+            rustc_hash::FxBuildHasher.hash_one((0u8, name))
+        }
+        ScopeRef::Asset(AssetIdentity::Uri(uri)) => rustc_hash::FxBuildHasher.hash_one((1u8, uri)),
+    };
+    // The high bits: FxHash mixes poorly into the low ones.
+    (hash >> 60) as usize % SHARDS
 }
 
 /// Whether `object` is the one `reference` names, and (when the caller
@@ -181,20 +202,26 @@ impl MemoryBackend {
         MemoryBackend::default()
     }
 
-    fn shard(&self, id: u128) -> &Shard {
-        // The low bits of a write id are random.
-        &self.shards[id as usize % SHARDS]
+    fn shard(&self, scope: ScopeRef<'_>) -> &Shard {
+        &self.shards[shard_index(scope)]
     }
 
-    /// Removes every object under `prefix` (a layout prefix, no trailing
-    /// `/`): a scan, which delete and clear can afford and set and get
-    /// never do.
-    fn remove_under(&self, prefix: &str) {
-        let prefix = format!("{prefix}/");
-        for shard in &self.shards {
-            let mut objects = shard.write().unwrap_or_else(|p| p.into_inner());
-            objects.retain(|_, o| !o.path().starts_with(&prefix));
+    /// The maps an object of `reference` can be in: its owner's, or without
+    /// an owner (a caller that has only the reference) every map.
+    fn shards_for(&self, owner: Option<StateKey<'_>>) -> &[Shard] {
+        match owner {
+            Some(at) => std::slice::from_ref(self.shard(at.scope)),
+            None => &self.shards,
         }
+    }
+
+    /// Removes every object of `scope`'s map under `prefix` (a layout
+    /// prefix, no trailing `/`): a scan, which delete and clear can afford
+    /// and set and get never do.
+    fn remove_under(&self, scope: ScopeRef<'_>, prefix: &str) {
+        let prefix = format!("{prefix}/");
+        let mut objects = self.shard(scope).write().unwrap_or_else(|p| p.into_inner());
+        objects.retain(|_, o| !o.path().starts_with(&prefix));
     }
 }
 impl StateBackend for MemoryBackend {
@@ -214,12 +241,17 @@ impl StateBackend for MemoryBackend {
         let path = layout::object_path(at, write_id);
         let object = Object::new(&path, value, at);
         let id = write_id.as_u128();
-        let mut objects = self.shard(id).write().unwrap_or_else(|p| p.into_inner());
+        let mut objects = self
+            .shard(at.scope)
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         match objects.entry(id) {
             std::collections::hash_map::Entry::Vacant(slot) => {
                 slot.insert(object);
             }
             std::collections::hash_map::Entry::Occupied(_) => {
+                // (Within this task or asset's map; an id reused in another
+                // map is stored apart, and the path check tells them apart.)
                 return Err(BackendError::invalid_input(format!(
                     "the write id {write_id} was already used; every write needs a new one"
                 )));
@@ -235,12 +267,14 @@ impl StateBackend for MemoryBackend {
         owner: Option<StateKey<'_>>,
     ) -> Result<String, BackendError> {
         if let Some(id) = trailing_id(reference) {
-            let objects = self.shard(id).read().unwrap_or_else(|p| p.into_inner());
-            if let Some(object) = objects
-                .get(&id)
-                .filter(|o| is_the_object(o, reference, owner))
-            {
-                return Ok(object.value().to_owned());
+            for shard in self.shards_for(owner) {
+                let objects = shard.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(object) = objects
+                    .get(&id)
+                    .filter(|o| is_the_object(o, reference, owner))
+                {
+                    return Ok(object.value().to_owned());
+                }
             }
         }
         // Nothing of the owner's there: the layout says what is wrong with
@@ -255,13 +289,15 @@ impl StateBackend for MemoryBackend {
         owner: Option<StateKey<'_>>,
     ) -> Result<bool, BackendError> {
         if let Some(id) = trailing_id(reference) {
-            let mut objects = self.shard(id).write().unwrap_or_else(|p| p.into_inner());
-            if objects
-                .get(&id)
-                .is_some_and(|o| is_the_object(o, reference, owner))
-            {
-                objects.remove(&id);
-                return Ok(true);
+            for shard in self.shards_for(owner) {
+                let mut objects = shard.write().unwrap_or_else(|p| p.into_inner());
+                if objects
+                    .get(&id)
+                    .is_some_and(|o| is_the_object(o, reference, owner))
+                {
+                    objects.remove(&id);
+                    return Ok(true);
+                }
             }
         }
         layout::check_reference(reference, owner)?;
@@ -269,19 +305,24 @@ impl StateBackend for MemoryBackend {
     }
 
     fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
-        self.remove_under(&layout::key_prefix(at));
+        self.remove_under(at.scope, &layout::key_prefix(at));
         Ok(())
     }
 
     fn clear(&self, scope: ScopeRef<'_>, all_map_indices: bool) -> Result<(), BackendError> {
-        self.remove_under(&layout::clear_prefix(scope, all_map_indices));
+        self.remove_under(scope, &layout::clear_prefix(scope, all_map_indices));
         Ok(())
     }
 
     fn list(&self, scope: Option<ScopeRef<'_>>) -> Result<Vec<StoredObject>, BackendError> {
         let prefix = scope.map(|s| format!("{}/", layout::scope_prefix(s)));
+        // A scope's objects are in its map; a listing of everything spans all.
+        let shards: Vec<&Shard> = match scope {
+            Some(scope) => vec![self.shard(scope)],
+            None => self.shards.iter().collect(),
+        };
         let mut out = Vec::new();
-        for shard in &self.shards {
+        for shard in shards {
             let objects = shard.read().unwrap_or_else(|p| p.into_inner());
             out.extend(
                 objects
@@ -317,6 +358,49 @@ export_backend!(MemoryBackend);
 mod tests {
     use super::*;
     use statehost_plugin_api::{AssetScope, ErrorKind, TaskScope, conformance};
+
+    #[test]
+    fn a_task_and_all_its_map_indices_share_a_map_and_clear_reaches_them() {
+        let backend = MemoryBackend::new();
+        for dag in ["d", "d".repeat(700).as_str()] {
+            let m0 = TaskScope::new(dag, "r", "t", 0).unwrap();
+            let m1 = m0.with_map_index(1).unwrap();
+            assert_eq!(
+                shard_index(ScopeRef::Task(m0.as_ref())),
+                shard_index(ScopeRef::Task(m1.as_ref()))
+            );
+            let refs: Vec<String> = [&m0, &m1]
+                .iter()
+                .map(|scope| {
+                    let at = StateKey::task(scope, "x/y");
+                    match backend.serialize(at, conformance::write_id(), "1").unwrap() {
+                        Serialized::Reference(r) => r,
+                        Serialized::Inline => panic!("stored inline"),
+                    }
+                })
+                .collect();
+            backend.clear(ScopeRef::Task(m0.as_ref()), true).unwrap();
+            for r in &refs {
+                // Without an owner every map is searched: nothing is left.
+                let err = backend.deserialize(r, None).unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+            }
+        }
+        // An asset's name and uri of the same text are two scopes.
+        let by_name = AssetScope::by_name("x").unwrap();
+        let by_uri = AssetScope::by_uri("x").unwrap();
+        let id = conformance::write_id();
+        let Serialized::Reference(r) = backend
+            .serialize(StateKey::asset(&by_uri, "k"), id, "1")
+            .unwrap()
+        else {
+            panic!("stored inline")
+        };
+        backend
+            .clear(ScopeRef::Asset(by_name.identity()), false)
+            .unwrap();
+        assert_eq!(backend.deserialize(&r, None).unwrap(), "1");
+    }
 
     #[test]
     fn keys_the_layout_cannot_read_back_are_refused() {

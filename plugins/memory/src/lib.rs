@@ -164,8 +164,9 @@ fn shard_index(scope: ScopeRef<'_>) -> usize {
         }
         ScopeRef::Asset(AssetIdentity::Uri(uri)) => rustc_hash::FxBuildHasher.hash_one((1u8, uri)),
     };
-    // The high bits: FxHash mixes poorly into the low ones.
-    (hash >> 60) as usize % SHARDS
+    // (rustc-hash's `finish` rotates its best-mixed bits down to the low
+    // ones.)
+    (hash % SHARDS as u64) as usize
 }
 
 /// Whether `object` is the one `reference` names, and (when the caller
@@ -289,7 +290,18 @@ impl StateBackend for MemoryBackend {
         owner: Option<StateKey<'_>>,
     ) -> Result<bool, BackendError> {
         if let Some(id) = trailing_id(reference) {
-            for shard in self.shards_for(owner) {
+            let holder = match owner {
+                Some(at) => Some(self.shard(at.scope)),
+                // Without an owner the map is found under read locks, so
+                // the search blocks no one; objects never change maps.
+                None => self.shards.iter().find(|shard| {
+                    let objects = shard.read().unwrap_or_else(|p| p.into_inner());
+                    objects
+                        .get(&id)
+                        .is_some_and(|o| is_the_object(o, reference, None))
+                }),
+            };
+            if let Some(shard) = holder {
                 let mut objects = shard.write().unwrap_or_else(|p| p.into_inner());
                 if objects
                     .get(&id)

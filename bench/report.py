@@ -71,6 +71,18 @@ def main() -> None:
             rows.append([op, size, fmt(so), fmt(lent), fmt(tr), fmt(fl), fmt(over), ratio(so, tr)])
     print(table(["op", "size", ".so", ".so lent", "trait", "floor (write+fsync+rename / read)", ".so − floor", ".so / trait"], rows))
 
+    print("\n### Boundary, paired: `.so` against in-process, through the host's interface\n")
+    rows = []
+    for name in ["memory", "fs"]:
+        f = CRITERION / "boundary_paired" / f"{name}.json"
+        if not f.exists():
+            continue
+        for r in json.loads(f.read_text()):
+            rows.append([r["backend"], r["op"], r["size"], fmt(r["so_ns"]), fmt(r["local_ns"]),
+                         f"{r['ratio']:.2f}×", f"{r['ratio_q1']:.2f}–{r['ratio_q3']:.2f}"])
+    if rows:
+        print(table(["backend", "op", "size", ".so", "in-process", ".so / in-process, median of rounds", "quartiles"], rows))
+
     print("\n### Accessors, one thread (µs per operation)\n")
     rows = []
     for backend in ["none", "memory", "fs"]:

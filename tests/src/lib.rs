@@ -6,6 +6,7 @@
 //! binary, and takes the artifact paths cargo reports.
 
 pub mod history;
+pub mod paired;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

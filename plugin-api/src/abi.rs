@@ -87,6 +87,7 @@ pub struct AbiScope<'a> {
 }
 
 impl<'a> From<ScopeRef<'a>> for AbiScope<'a> {
+    #[inline]
     fn from(scope: ScopeRef<'a>) -> Self {
         match scope {
             ScopeRef::Task(t) => AbiScope {
@@ -116,6 +117,7 @@ impl<'a> From<ScopeRef<'a>> for AbiScope<'a> {
 impl<'a> AbiScope<'a> {
     /// The scope the host sent. The host validated it, so it is rebuilt
     /// without copying or checking again.
+    #[inline]
     fn to_scope(self) -> Result<ScopeRef<'a>, BackendError> {
         Ok(match self.kind {
             TASK => ScopeRef::Task(TaskRef::trusted(
@@ -126,13 +128,16 @@ impl<'a> AbiScope<'a> {
             )),
             ASSET_NAME => ScopeRef::Asset(AssetIdentity::Name(self.first.as_str())),
             ASSET_URI => ScopeRef::Asset(AssetIdentity::Uri(self.first.as_str())),
-            other => {
-                return Err(BackendError::invalid_input(format!(
-                    "unknown scope kind {other} (a host newer than this plugin?)"
-                )));
-            }
+            other => return Err(unknown_scope_kind(other)),
         })
     }
+}
+
+#[cold]
+fn unknown_scope_kind(kind: u8) -> BackendError {
+    BackendError::invalid_input(format!(
+        "unknown scope kind {kind} (a host newer than this plugin?)"
+    ))
 }
 
 /// A write id, as two halves.
@@ -144,6 +149,7 @@ pub struct AbiWriteId {
 }
 
 impl From<WriteId> for AbiWriteId {
+    #[inline]
     fn from(id: WriteId) -> Self {
         let bits = id.as_u128();
         AbiWriteId {
@@ -154,11 +160,18 @@ impl From<WriteId> for AbiWriteId {
 }
 
 impl AbiWriteId {
+    #[inline]
     fn to_write_id(self) -> Result<WriteId, BackendError> {
-        WriteId::from_u128((u128::from(self.high) << 64) | u128::from(self.low)).ok_or_else(|| {
-            BackendError::invalid_input("the host sent a write id that is not a UUIDv7")
-        })
+        match WriteId::from_u128((u128::from(self.high) << 64) | u128::from(self.low)) {
+            Some(id) => Ok(id),
+            None => Err(not_a_write_id()),
+        }
     }
+}
+
+#[cold]
+fn not_a_write_id() -> BackendError {
+    BackendError::invalid_input("the host sent a write id that is not a UUIDv7")
 }
 
 /// The scope and key a reference must belong to, when the host knows them.
@@ -170,6 +183,7 @@ pub struct AbiOwner<'a> {
 }
 
 impl<'a> From<StateKey<'a>> for AbiOwner<'a> {
+    #[inline]
     fn from(at: StateKey<'a>) -> Self {
         AbiOwner {
             scope: at.scope.into(),
@@ -178,6 +192,7 @@ impl<'a> From<StateKey<'a>> for AbiOwner<'a> {
     }
 }
 
+#[inline]
 fn owner(owner: ROption<AbiOwner<'_>>) -> Result<Option<StateKey<'_>>, BackendError> {
     match owner {
         ROption::RSome(o) => Ok(Some(StateKey {
@@ -420,22 +435,35 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `f`, turning a panic into a [`ErrorKind::Panicked`] error: unwinding
-/// across the boundary would abort the host.
+/// across the boundary would abort the host. The answer is written once,
+/// in place, inside the guarded call: passed back through `catch_unwind`'s
+/// result it would be copied twice more, and those copies (a wide load of
+/// a tag just stored as a byte) cost more than the rest of the call.
+#[inline]
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, BackendError>) -> RResult<T, AbiError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => RResult::ROk(v),
-        Ok(Err(e)) => RResult::RErr(e.into()),
-        Err(payload) => RResult::RErr(
-            BackendError::new(
-                ErrorKind::Panicked,
-                format!(
-                    "the plugin panicked in {what}: {}",
-                    panic_message(&*payload)
-                ),
-            )
-            .into(),
-        ),
+    let mut answer = std::mem::MaybeUninit::<RResult<T, AbiError>>::uninit();
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        answer.write(match f() {
+            Ok(v) => RResult::ROk(v),
+            Err(e) => RResult::RErr(e.into()),
+        });
+    }));
+    match caught {
+        // SAFETY: the closure returned, so its last statement wrote `answer`.
+        Ok(()) => unsafe { answer.assume_init() },
+        Err(payload) => panicked(what, &*payload),
     }
+}
+
+#[cold]
+fn panicked<T>(what: &str, payload: &(dyn std::any::Any + Send)) -> RResult<T, AbiError> {
+    RResult::RErr(
+        BackendError::new(
+            ErrorKind::Panicked,
+            format!("the plugin panicked in {what}: {}", panic_message(payload)),
+        )
+        .into(),
+    )
 }
 
 /// Wraps a backend for export.

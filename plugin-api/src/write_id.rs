@@ -21,12 +21,14 @@ pub struct WriteId(uuid::Uuid);
 
 impl WriteId {
     /// The write id with these 128 bits, if they are a UUIDv7.
+    #[inline]
     pub fn from_u128(bits: u128) -> Option<WriteId> {
-        let id = uuid::Uuid::from_u128(bits);
-        (id.get_version_num() == 7).then_some(WriteId(id))
+        // The version is bits 76..80 (the high nibble of byte 6).
+        ((bits >> 76) & 0xf == 7).then(|| WriteId(uuid::Uuid::from_u128(bits)))
     }
 
     /// Its 128 bits.
+    #[inline]
     pub fn as_u128(&self) -> u128 {
         self.0.as_u128()
     }

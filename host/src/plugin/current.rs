@@ -2,7 +2,7 @@
 //! a loaded plugin, driven through the `abi_stable` types the plugin side
 //! exports.
 
-use abi_stable::std_types::ROption;
+use abi_stable::std_types::{ROption, RResult};
 use statehost_plugin_api::__private::{
     AbiLogger_TO, AbiOwner, BackendObject, ListRequest, PluginModuleRef, WireHostContext,
     WireObject, from_unix_ms, unix_ms,
@@ -46,6 +46,14 @@ pub(crate) fn construct(
     Ok(CurrentBackend { object })
 }
 
+#[cold]
+fn reference_not_utf8(e: std::str::Utf8Error) -> BackendError {
+    BackendError::invalid_input(format!(
+        "the plugin returned a reference that is not UTF-8 ({e})"
+    ))
+}
+
+#[inline]
 fn owner(at: Option<StateKey<'_>>) -> ROption<AbiOwner<'_>> {
     match at {
         Some(at) => ROption::RSome(at.into()),
@@ -76,24 +84,21 @@ impl CurrentBackend {
         write_id: WriteId,
         value: &str,
     ) -> Result<Option<Reference>, BackendError> {
-        match self
-            .object
-            .serialize(
-                at.scope.into(),
-                at.key.into(),
-                write_id.into(),
-                value.into(),
-            )
-            .into_result()
-            .map_err(|e| e.into_error())?
-        {
-            ROption::RSome(r) => match std::str::from_utf8(r.as_bytes()) {
+        // Matched where the call left it: moving the answer through
+        // `into_result` and `?` copies it twice, and those copies cost more
+        // than the call (a wide load of fields just stored narrow stalls).
+        match self.object.serialize(
+            at.scope.into(),
+            at.key.into(),
+            write_id.into(),
+            value.into(),
+        ) {
+            RResult::ROk(ROption::RSome(r)) => match std::str::from_utf8(r.as_bytes()) {
                 Ok(_) => Ok(Some(Reference::Plugin(r))),
-                Err(e) => Err(BackendError::invalid_input(format!(
-                    "the plugin returned a reference that is not UTF-8 ({e})"
-                ))),
+                Err(e) => Err(reference_not_utf8(e)),
             },
-            ROption::RNone => Ok(None),
+            RResult::ROk(ROption::RNone) => Ok(None),
+            RResult::RErr(e) => Err(e.into_error()),
         }
     }
 
@@ -103,11 +108,10 @@ impl CurrentBackend {
         reference: &str,
         at: Option<StateKey<'_>>,
     ) -> Result<Text, BackendError> {
-        self.object
-            .deserialize(reference.into(), owner(at))
-            .into_result()
-            .map(|s| Text::Plugin(s.into_bytes()))
-            .map_err(|e| e.into_error())
+        match self.object.deserialize(reference.into(), owner(at)) {
+            RResult::ROk(s) => Ok(Text::Plugin(s.into_bytes())),
+            RResult::RErr(e) => Err(e.into_error()),
+        }
     }
 
     /// The value, copied into the host's memory and checked for UTF-8.
@@ -131,10 +135,10 @@ impl CurrentBackend {
         reference: &str,
         at: Option<StateKey<'_>>,
     ) -> Result<bool, BackendError> {
-        self.object
-            .delete_object(reference.into(), owner(at))
-            .into_result()
-            .map_err(|e| e.into_error())
+        match self.object.delete_object(reference.into(), owner(at)) {
+            RResult::ROk(there) => Ok(there),
+            RResult::RErr(e) => Err(e.into_error()),
+        }
     }
 
     pub(crate) fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {

@@ -78,10 +78,14 @@ def main() -> None:
         if not f.exists():
             continue
         for r in json.loads(f.read_text()):
+            over = r.get("over_floor_ns")
             rows.append([r["backend"], r["op"], r["size"], fmt(r["so_ns"]), fmt(r["local_ns"]),
-                         f"{r['ratio']:.2f}×", f"{r['ratio_q1']:.2f}–{r['ratio_q3']:.2f}"])
+                         f"{r['ratio']:.2f}×", f"{r['ratio_q1']:.2f}–{r['ratio_q3']:.2f}",
+                         fmt(r.get("floor_ns")), "–" if over is None else ("−" if over < 0 else "+") + fmt(abs(over)),
+                         "–" if over is None else f"{r['over_floor_ratio']:.2f}×"])
     if rows:
-        print(table(["backend", "op", "size", ".so", "in-process", ".so / in-process, median of rounds", "quartiles"], rows))
+        print(table(["backend", "op", "size", ".so", "in-process", ".so / in-process, median of rounds", "quartiles",
+                     "floor", ".so − floor, median of rounds", ".so / floor"], rows))
 
     print("\n### Accessors, one thread (µs per operation)\n")
     rows = []

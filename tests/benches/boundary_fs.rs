@@ -1,6 +1,6 @@
 //! The plugin boundary with the fs backend: through the loaded `.so`,
 //! in-process through the trait, and the floor: the same bytes written to a
-//! temporary file, flushed, renamed over the target and the directory
+//! temporary file, flushed, renamed to a new name and the directory
 //! flushed (what the fs backend does with `fsync = true`), or read back.
 //!
 //! Files go to `$STATEHOST_BENCH_DIR` (set it to /dev/shm for tmpfs), else
@@ -8,7 +8,6 @@
 
 use std::fs;
 use std::hint::black_box;
-use std::io::Write;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use statehost::plugin::LoadedBackend;
@@ -16,20 +15,9 @@ use statehost_fs::FsBackend;
 use statehost_plugin_api::conformance::write_id;
 use statehost_plugin_api::{Serialized, StateBackend, StateKey, TaskScope};
 use statehost_tests::{
-    BENCH_SIZES, bench_dir, json_string_of, release_library, size_label, timed_lent_writes,
-    timed_writes,
+    BENCH_SIZES, bench_dir, fs_floor_write, json_string_of, release_library, size_label,
+    timed_floor_writes, timed_lent_writes, timed_writes,
 };
-
-fn fs_floor_write(dir: &std::path::Path, target: &std::path::Path, bytes: &[u8]) {
-    let mut temp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .unwrap();
-    temp.write_all(bytes).unwrap();
-    temp.as_file().sync_all().unwrap();
-    temp.persist(target).unwrap();
-    fs::File::open(dir).unwrap().sync_all().unwrap();
-}
 
 fn boundary(c: &mut Criterion) {
     let root = bench_dir();
@@ -60,7 +48,7 @@ fn boundary(c: &mut Criterion) {
             b.iter_custom(|iters| timed_writes(&in_process, at, &value, iters))
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
-            b.iter(|| fs_floor_write(&floor_dir, &floor_file, black_box(value.as_bytes())))
+            b.iter_custom(|iters| timed_floor_writes(&floor_dir, value.as_bytes(), iters))
         });
         group.finish();
 
@@ -86,6 +74,7 @@ fn boundary(c: &mut Criterion) {
             b.iter(|| backend.deserialize(black_box(&r_local), Some(at)).unwrap())
         });
         group.bench_function(BenchmarkId::from_parameter("floor"), |b| {
+            fs_floor_write(&floor_dir, &floor_file, value.as_bytes());
             b.iter(|| fs::read_to_string(black_box(&floor_file)).unwrap())
         });
         group.finish();

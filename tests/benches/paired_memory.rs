@@ -14,5 +14,5 @@ fn main() {
     )
     .unwrap();
     let local = InProcess::new(MemoryBackend::new(), Capabilities::LIST);
-    paired::run("memory", &so, &local);
+    paired::run("memory", &so, &local, None);
 }

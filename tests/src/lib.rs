@@ -270,6 +270,45 @@ fn timed<R: std::ops::Deref<Target = str>>(
     total
 }
 
+/// The least work of a durable write of `bytes` to `target` in `dir`: a
+/// temporary file written and flushed, renamed to the target, and the
+/// directory flushed (what the fs backend does with `fsync = true`).
+pub fn fs_floor_write(dir: &Path, target: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .unwrap();
+    temp.write_all(bytes).unwrap();
+    temp.as_file().sync_all().unwrap();
+    temp.persist(target).unwrap();
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+}
+
+/// Times `iters` floor writes of `bytes` into `dir`, each to a new name
+/// as every backend write is (renaming over an existing file would also
+/// free the old one, which a backend write never does); the files are
+/// removed between timed batches.
+pub fn timed_floor_writes(dir: &Path, bytes: &[u8], iters: u64) -> Duration {
+    let batch = ((64 << 20) / bytes.len().max(1)).clamp(1, 1000) as u64;
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(batch);
+        let names: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("value-{i}"))).collect();
+        let start = std::time::Instant::now();
+        for name in &names {
+            fs_floor_write(dir, name, std::hint::black_box(bytes));
+        }
+        total += start.elapsed();
+        for name in &names {
+            std::fs::remove_file(name).unwrap();
+        }
+        left -= n;
+    }
+    total
+}
+
 /// A readable label for a size.
 pub fn size_label(bytes: usize) -> String {
     match bytes {

@@ -9,6 +9,11 @@
 //! drift lands in the ratio. Two blocks a few milliseconds apart see the
 //! same machine, so their ratio does not carry it.
 //!
+//! A backend with a floor (fs: the bare write, fsync, rename and directory
+//! fsync, or the bare read, of the same bytes) has a third block in each
+//! round, and the host's overhead above the floor is the median of the
+//! rounds' differences.
+//!
 //! `STATEHOST_BENCH_PAIRED_ROUNDS` (default 101) sets the rounds per cell.
 //! The benches `paired_memory` and `paired_fs` (one plugin per binary: the
 //! plugins' crates each define the root-module symbol) print a table and
@@ -27,11 +32,18 @@ use crate::{BENCH_SIZES, json_string_of, size_label, timed_lent_writes, workspac
 /// vanishes, short enough that the machine does not change within a pair.
 const BLOCK: Duration = Duration::from_millis(3);
 
-#[derive(Clone, Copy)]
-enum Op {
+/// The operation a block times.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// A write of a new object.
     Serialize,
+    /// A read of one object.
     Deserialize,
 }
+
+/// The least work an operation can do without the backend: times `calls`
+/// of the bare operation on `value`'s bytes.
+pub type Floor<'a> = &'a dyn Fn(Op, &str, u64) -> Duration;
 
 /// Times `calls` calls of `op` on `backend`; `reference` is an object of
 /// the value for reads.
@@ -68,17 +80,21 @@ fn quartiles(mut xs: Vec<f64>) -> (f64, f64) {
     (xs[xs.len() / 4], xs[xs.len() * 3 / 4])
 }
 
+/// One cell's medians, per call.
 struct Cell {
     so_ns: f64,
     local_ns: f64,
     ratio: f64,
     ratio_q1: f64,
     ratio_q3: f64,
+    /// With a floor: the floor, `.so` minus floor, and `.so` / floor.
+    floor: Option<(f64, f64, f64)>,
 }
 
 fn pair(
     so: &dyn Backend,
     local: &dyn Backend,
+    floor: Option<Floor<'_>>,
     op: Op,
     at: StateKey<'_>,
     value: &str,
@@ -91,27 +107,47 @@ fn pair(
             .expect("the backend keeps the value outside")
             .to_string()
     };
-    let (r_so, r_local) = (reference(so), reference(local));
     // Calls per block, from a short calibration (after a warm-up).
-    block(local, op, at, value, &r_local, 4);
-    let probe = block(local, op, at, value, &r_local, 16) / 16;
+    let r = reference(local);
+    block(local, op, at, value, &r, 4);
+    let probe = block(local, op, at, value, &r, 16) / 16;
+    local.delete_object(&r, Some(at)).unwrap();
     let calls = (BLOCK.as_nanos() / probe.as_nanos().max(1)).clamp(4, 20_000) as u64;
+    let per_call = |d: Duration| d.as_nanos() as f64 / calls as f64;
     let (mut so_ns, mut local_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor_ns, mut over, mut over_ratio) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        let (a, b) = if round % 2 == 0 {
-            let a = block(so, op, at, value, &r_so, calls);
-            (a, block(local, op, at, value, &r_local, calls))
+        // Every round reads objects of its own, written just before in
+        // turn: how the kernel happens to lay out one file (a tmpfs file
+        // in large folios or in single pages) must not decide a whole cell.
+        let (r_so, r_local) = if round % 2 == 0 {
+            (reference(so), reference(local))
         } else {
-            let b = block(local, op, at, value, &r_local, calls);
-            (block(so, op, at, value, &r_so, calls), b)
+            let r_local = reference(local);
+            (reference(so), r_local)
         };
-        let (a, b) = (a.as_nanos() as f64, b.as_nanos() as f64);
-        so_ns.push(a / calls as f64);
-        local_ns.push(b / calls as f64);
+        // Each block goes first in turn.
+        let mut times = [Duration::ZERO; 3];
+        for i in 0..3 {
+            let which = (round + i) % 3;
+            times[which] = match which {
+                0 => block(so, op, at, value, &r_so, calls),
+                1 => block(local, op, at, value, &r_local, calls),
+                _ => floor.map_or(Duration::ZERO, |f| f(op, value, calls)),
+            };
+        }
+        for (backend, r) in [(so, &r_so), (local, &r_local)] {
+            backend.delete_object(r, Some(at)).unwrap();
+        }
+        let [a, b, f] = times.map(per_call);
+        so_ns.push(a);
+        local_ns.push(b);
         ratios.push(a / b);
-    }
-    for (backend, r) in [(so, &r_so), (local, &r_local)] {
-        backend.delete_object(r, Some(at)).unwrap();
+        if floor.is_some() {
+            floor_ns.push(f);
+            over.push(a - f);
+            over_ratio.push(a / f);
+        }
     }
     let (ratio_q1, ratio_q3) = quartiles(ratios.clone());
     Cell {
@@ -120,20 +156,24 @@ fn pair(
         ratio: median(ratios),
         ratio_q1,
         ratio_q3,
+        floor: floor.map(|_| (median(floor_ns), median(over), median(over_ratio))),
     }
 }
 
 /// Measures every operation and size for one backend, `so` loaded and
-/// `local` in-process; prints the rows and writes the JSON file.
-pub fn run(name: &str, so: &dyn Backend, local: &dyn Backend) {
+/// `local` in-process, and `floor` when the backend has one; prints the
+/// rows and writes the JSON file.
+pub fn run(name: &str, so: &dyn Backend, local: &dyn Backend, floor: Option<Floor<'_>>) {
     let rounds: usize = std::env::var("STATEHOST_BENCH_PAIRED_ROUNDS")
         .ok()
         .map(|v| v.parse().expect("STATEHOST_BENCH_PAIRED_ROUNDS: a number"))
         .unwrap_or(101);
     let scope = TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap();
     let at = StateKey::task(&scope, "key");
-    println!("| backend | op | size | .so | in-process | .so / in-process (median) | quartiles |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| backend | op | size | .so | in-process | .so / in-process (median) | quartiles | floor | .so − floor | .so / floor |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
     for (op_name, op) in [
         ("serialize", Op::Serialize),
@@ -141,18 +181,29 @@ pub fn run(name: &str, so: &dyn Backend, local: &dyn Backend) {
     ] {
         for size in BENCH_SIZES {
             let value = json_string_of(size).to_string();
-            let cell = pair(so, local, op, at, &value, rounds);
+            let cell = pair(so, local, floor, op, at, &value, rounds);
             let label = size_label(size);
+            let (floor_cols, floor_json) = match cell.floor {
+                Some((f, over, r)) => (
+                    format!("{f:.0} ns | {over:.0} ns | {r:.2}×"),
+                    serde_json::json!({"floor_ns": f, "over_floor_ns": over, "over_floor_ratio": r}),
+                ),
+                None => ("– | – | –".to_string(), serde_json::json!({})),
+            };
             println!(
-                "| {name} | {op_name} | {label} | {:.0} ns | {:.0} ns | {:.2}× | {:.2}–{:.2} |",
+                "| {name} | {op_name} | {label} | {:.0} ns | {:.0} ns | {:.2}× | {:.2}–{:.2} | {floor_cols} |",
                 cell.so_ns, cell.local_ns, cell.ratio, cell.ratio_q1, cell.ratio_q3
             );
-            results.push(serde_json::json!({
+            let mut row = serde_json::json!({
                 "backend": name, "op": op_name, "size": label,
                 "so_ns": cell.so_ns, "local_ns": cell.local_ns,
                 "ratio": cell.ratio, "ratio_q1": cell.ratio_q1, "ratio_q3": cell.ratio_q3,
                 "rounds": rounds,
-            }));
+            });
+            row.as_object_mut()
+                .unwrap()
+                .extend(floor_json.as_object().unwrap().clone());
+            results.push(row);
         }
     }
     let out = workspace_root().join("target/criterion/boundary_paired");

@@ -23,6 +23,11 @@ def medians() -> dict[str, float]:
     return out
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def fmt(ns: float | None) -> str:
     if ns is None:
         return "–"
@@ -117,9 +122,15 @@ def main() -> None:
 
     ours_f = CRITERION / "side_by_side" / "statehost.json"
     theirs_f = CRITERION / "side_by_side" / "airflow.json"
+    rounds_f = CRITERION / "side_by_side" / "rounds.json"
     if ours_f.exists() and theirs_f.exists():
         ours, theirs = json.loads(ours_f.read_text()), json.loads(theirs_f.read_text())
+        # Airflow's rounds ran between ours: each pair of rounds gives a
+        # ratio under the same stretch of the machine.
+        rounds = json.loads(rounds_f.read_text()) if rounds_f.exists() else None
         print("\n### Side by side with Airflow's accessors (µs per operation, N = 20000 keys)\n")
+        if rounds:
+            print(f"Airflow's rounds alternated with statehost's: {len(rounds['statehost'])} of each.\n")
         rows = []
         # memory-floor: the least work of a memory pair in plain maps (no
         # check, lock or plugin boundary), against Airflow's memory backend.
@@ -130,15 +141,32 @@ def main() -> None:
             for size in ["16", "1024"]:
                 o, t = ours[backend][size], theirs[airflow][size]
                 for op in ["set", "get", "pair"]:
-                    rows.append([backend, f"{size} B", op, f"{t[op]:.2f}", f"{o[op]:.2f}", f"{t[op] / o[op]:.1f}×"])
-        print(table(["backend", "value", "op", "Airflow 1.3.2", "statehost", "speed-up"], rows))
+                    row = [backend, f"{size} B", op, f"{t[op]:.2f}", f"{o[op]:.2f}", f"{t[op] / o[op]:.1f}×"]
+                    if rounds:
+                        each = sorted(a[airflow][size][op] / s[backend][size][op]
+                                      for s, a in zip(rounds["statehost"], rounds["airflow"]))
+                        row += [f"{each[len(each) // 2]:.1f}×", f"{each[0]:.1f}–{each[-1]:.1f}"]
+                    rows.append(row)
+        header = ["backend", "value", "op", "Airflow 1.3.2", "statehost", "speed-up"]
+        if rounds:
+            header += ["speed-up, median of round pairs", "lowest–highest"]
+        print(table(header, rows))
     else:
         print("\n(side-by-side results missing: run bench/run.sh)", file=sys.stderr)
 
-    backends_f = CRITERION / "side_by_side" / "backends.json"
+    backends_f = CRITERION / "side_by_side" / "backends-rounds.jsonl"
     if backends_f.exists():
-        results = json.loads(backends_f.read_text())
+        # One line per process: {backend: {size: {set, get, pair, n}}}, every
+        # backend once per round, rounds one after the other.
+        rounds: dict[str, list[dict]] = {}
+        for line in backends_f.read_text().splitlines():
+            for backend, sizes in json.loads(line).items():
+                rounds.setdefault(backend, []).append(sizes)
+        count = max((len(r) for r in rounds.values()), default=0)
         print("\n### Airflow's accessors with each worker-side backend (µs per operation)\n")
+        print(f"Median of {count} rounds; each round runs every backend once, one process each.\n")
+        results = {b: {size: {op: median([r[size][op] for r in runs]) for op in ("set", "get", "pair", "n")}
+                       for size in runs[0]} for b, runs in rounds.items()}
         rows = []
         python_files = [b for b in ["airflow-fs", "common-io"] if b in results]
         for backend, sizes in results.items():
@@ -148,6 +176,14 @@ def main() -> None:
                 vs = "–" if backend != "statehost-fs" or best is None else f"{best / r['pair']:.1f}×"
                 rows.append([backend, label, str(r["n"]), f"{r['set']:.1f}", f"{r['get']:.1f}", f"{r['pair']:.1f}", vs])
         print(table(["backend", "value", "keys", "set", "get", "set+get", "fastest Python file backend / this"], rows))
+        if "none" in rounds and "statehost-memory" in rounds:
+            # The bridge's cost: statehost-memory's pair above no backend's,
+            # the two measured in the same round.
+            for size, label in [("16", "16 B"), ("1024", "1 KiB")]:
+                each = [s[size]["pair"] - b[size]["pair"] for s, b in zip(rounds["statehost-memory"], rounds["none"])]
+                listed = ", ".join(f"{d:+.1f}" for d in each)
+                print(f"\nstatehost-memory's pair above no backend's, {label}, per round: {listed} µs; "
+                      f"median {median(each):+.1f} µs")
 
     stores_f = CRITERION / "stores" / "results.json"
     if stores_f.exists():

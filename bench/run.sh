@@ -16,31 +16,34 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import airflow.sdk' 2
 fi
 
 rm -rf target/criterion
-cargo bench -p statehost-tests
+# side_by_side runs a round of Airflow's accessors (bench/airflow_state_bench.py)
+# after each of its own, so that both sides of each ratio see the same stretch
+# of this machine.
+STATEHOST_BENCH_ROUNDS="${STATEHOST_BENCH_ROUNDS:-7}" STATEHOST_BENCH_AIRFLOW_PYTHON="$venv/bin/python" \
+    cargo bench -p statehost-tests
 # The threads bench again with glibc's per-thread cache off (see BENCHMARKS.md).
 GLIBC_TUNABLES=glibc.malloc.tcache_count=0 STATEHOST_BENCH_LABEL=tcache-off \
     cargo bench -p statehost-tests --bench threads
-mkdir -p target/criterion/side_by_side
-airflow_root="$(mktemp -d "$STATEHOST_BENCH_DIR/airflow-bench.XXXXXX")"
-"$venv/bin/python" bench/airflow_state_bench.py "$airflow_root" 20000 > target/criterion/side_by_side/airflow.json
-rm -rf "$airflow_root"
 
 # Airflow's accessors with each worker-side backend: none, Airflow-style
 # Python ones, common-io's (if it installs), and statehost's Python package
 # (a release wheel, with the release plugins cargo bench built) over the
-# memory, fs and object-store plugins. One process per backend.
+# memory, fs and object-store plugins. One process per backend, every backend
+# once per round; each figure is the median of the rounds, and the rounds are
+# kept to compare backends measured in the same round.
 "$venv/bin/pip" install --quiet 'maturin>=1.9,<2'
 "$venv/bin/pip" install --quiet 'apache-airflow-providers-common-io==1.11.0' || echo "common-io did not install: its row is left out" >&2
 rm -rf target/py-wheels-release
 STATEHOST_PYTHON_PLUGINS="${CARGO_TARGET_DIR:-$PWD/target}/release" "$venv/bin/maturin" build --quiet --release \
     -m python/Cargo.toml -i "$venv/bin/python" --out target/py-wheels-release
 "$venv/bin/pip" install --quiet --force-reinstall --no-deps target/py-wheels-release/statehost-*.whl
-for backend in none airflow-memory airflow-fs common-io statehost-memory statehost-fs statehost-object-store; do
-    backend_root="$(mktemp -d "$STATEHOST_BENCH_DIR/airflow-backends.XXXXXX")"
-    "$venv/bin/python" bench/airflow_backends_bench.py "$backend_root" "$backend" 5000
-    rm -rf "$backend_root"
-done | python3 -c 'import json, sys; print(json.dumps({k: v for line in sys.stdin for k, v in json.loads(line).items()}))' \
-    > target/criterion/side_by_side/backends.json
+for round in $(seq "${STATEHOST_BENCH_BACKEND_ROUNDS:-3}"); do
+    for backend in none airflow-memory airflow-fs common-io statehost-memory statehost-fs statehost-object-store; do
+        backend_root="$(mktemp -d "$STATEHOST_BENCH_DIR/airflow-backends.XXXXXX")"
+        "$venv/bin/python" bench/airflow_backends_bench.py "$backend_root" "$backend" 5000
+        rm -rf "$backend_root"
+    done
+done > target/criterion/side_by_side/backends-rounds.jsonl
 
 {
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); files in $STATEHOST_BENCH_DIR ($(df --output=fstype "$STATEHOST_BENCH_DIR" | tail -1))"

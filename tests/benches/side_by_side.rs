@@ -17,12 +17,19 @@
 //!
 //! Every measurement runs `STATEHOST_BENCH_ROUNDS` times (3 by default),
 //! each on a fresh host and store, and the median of each figure is kept:
-//! this machine's clock moves by tens of per cent between runs.
+//! this machine's clock moves by tens of per cent between runs, and for
+//! seconds at a time. So when `STATEHOST_BENCH_AIRFLOW_PYTHON` names a
+//! Python that has Airflow's task SDK (`bench/run.sh` sets it), Airflow's
+//! half runs between our rounds, one round of `bench/airflow_state_bench.py`
+//! after each of ours: both sides then see the same stretches of the
+//! machine, and the ratio of each round pair is kept too
+//! (`side_by_side/rounds.json`, whose median `bench/report.py` prints).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use statehost::StateHost;
 use statehost::backend::Limits;
 use statehost::plugin::LoadedBackend;
@@ -31,6 +38,15 @@ use statehost_plugin_api::TaskScope;
 use statehost_tests::{bench_dir, json_string_of, release_library, workspace_root};
 
 const SIZES: [usize; 2] = [16, 1024];
+
+const BACKENDS: [&str; 6] = [
+    "none",
+    "memory",
+    "memory-inline",
+    "memory-floor",
+    "fs",
+    "fs-inline",
+];
 
 fn main() {
     if std::env::args()
@@ -54,56 +70,113 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let mut results = serde_json::Map::new();
-    for backend in [
-        "none",
-        "memory",
-        "memory-inline",
-        "memory-floor",
-        "fs",
-        "fs-inline",
-    ] {
-        if only.as_deref().is_some_and(|o| o != backend) {
-            continue;
-        }
-        let mut by_size = serde_json::Map::new();
-        for size in SIZES {
-            if only_size.is_some_and(|s| s != size) {
-                continue;
+    let airflow = std::env::var_os("STATEHOST_BENCH_AIRFLOW_PYTHON");
+    let backends: Vec<&str> = BACKENDS
+        .into_iter()
+        .filter(|b| only.as_deref().is_none_or(|o| o == *b))
+        .collect();
+    let sizes: Vec<usize> = SIZES
+        .into_iter()
+        .filter(|s| only_size.is_none_or(|o| o == *s))
+        .collect();
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let mut by_backend = serde_json::Map::new();
+        for backend in &backends {
+            let mut by_size = serde_json::Map::new();
+            for &size in &sizes {
+                let t = if *backend == "memory-floor" {
+                    floor(n, size)
+                } else {
+                    let dir = root.path().join(format!("{backend}-{size}-{round}"));
+                    accessors(backend, n, size, &dir)
+                };
+                by_size.insert(
+                    size.to_string(),
+                    json!({"set": t.set, "get": t.get, "pair": t.pair}),
+                );
             }
-            let runs: Vec<Timing> = (0..rounds)
-                .map(|round| {
-                    if backend == "memory-floor" {
-                        floor(n, size)
-                    } else {
-                        let dir = root.path().join(format!("{backend}-{size}-{round}"));
-                        accessors(backend, n, size, &dir)
-                    }
-                })
-                .collect();
-            let median = |pick: fn(&Timing) -> f64| {
-                let mut all: Vec<f64> = runs.iter().map(pick).collect();
-                all.sort_by(f64::total_cmp);
-                all[all.len() / 2]
-            };
-            let (set, get, pair) = (median(|t| t.set), median(|t| t.get), median(|t| t.pair));
+            by_backend.insert(backend.to_string(), Value::Object(by_size));
+        }
+        ours.push(Value::Object(by_backend));
+        if let Some(python) = &airflow {
+            let dir = root.path().join(format!("airflow-{round}"));
+            theirs.push(airflow_round(python, &dir, n));
+        }
+    }
+    let medians = medians_of(&ours);
+    for (backend, by_size) in medians.as_object().into_iter().flatten() {
+        for (size, t) in by_size.as_object().into_iter().flatten() {
             println!(
-                "side_by_side/{backend}/{size}B: set {set:.2} µs, get {get:.2} µs, pair {pair:.2} µs (median of {rounds})"
-            );
-            by_size.insert(
-                size.to_string(),
-                json!({"set": set, "get": get, "pair": pair}),
+                "side_by_side/{backend}/{size}B: set {:.2} µs, get {:.2} µs, pair {:.2} µs (median of {rounds})",
+                figure(&t["set"]),
+                figure(&t["get"]),
+                figure(&t["pair"])
             );
         }
-        results.insert(backend.to_string(), serde_json::Value::Object(by_size));
     }
     let out = workspace_root().join("target/criterion/side_by_side");
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("statehost.json"),
-        serde_json::Value::Object(results).to_string(),
-    )
-    .unwrap();
+    std::fs::write(out.join("statehost.json"), medians.to_string()).unwrap();
+    if airflow.is_some() {
+        std::fs::write(out.join("airflow.json"), medians_of(&theirs).to_string()).unwrap();
+        std::fs::write(
+            out.join("rounds.json"),
+            json!({"statehost": ours, "airflow": theirs}).to_string(),
+        )
+        .unwrap();
+    }
+}
+
+/// One round of Airflow's accessors (`bench/airflow_state_bench.py`, every
+/// backend and size), in a process of its own.
+fn airflow_round(python: &std::ffi::OsStr, dir: &Path, n: usize) -> Value {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = workspace_root().join("bench/airflow_state_bench.py");
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .arg(n.to_string())
+        .env("STATEHOST_BENCH_ROUNDS", "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        output.status
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{} printed no JSON: {e}", script.display()))
+}
+
+fn figure(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The median over rounds of every figure (backend, size, op) of the first
+/// round.
+fn medians_of(rounds: &[Value]) -> Value {
+    let mut out = serde_json::Map::new();
+    for (backend, by_size) in rounds[0].as_object().into_iter().flatten() {
+        let mut sizes = serde_json::Map::new();
+        for (size, ops) in by_size.as_object().into_iter().flatten() {
+            let mut figures = serde_json::Map::new();
+            for op in ops.as_object().into_iter().flatten().map(|(op, _)| op) {
+                let mut all: Vec<f64> = rounds
+                    .iter()
+                    .filter_map(|r| r[backend][size][op].as_f64())
+                    .collect();
+                all.sort_by(f64::total_cmp);
+                figures.insert(op.clone(), json!(all[all.len() / 2]));
+            }
+            sizes.insert(size.clone(), Value::Object(figures));
+        }
+        out.insert(backend.clone(), Value::Object(sizes));
+    }
+    Value::Object(out)
 }
 
 /// Microseconds per operation of one round.

@@ -19,7 +19,7 @@ rm -rf target/criterion
 # side_by_side runs a round of Airflow's accessors (bench/airflow_state_bench.py)
 # after each of its own, so that both sides of each ratio see the same stretch
 # of this machine.
-STATEHOST_BENCH_ROUNDS="${STATEHOST_BENCH_ROUNDS:-7}" STATEHOST_BENCH_AIRFLOW_PYTHON="$venv/bin/python" \
+STATEHOST_BENCH_ROUNDS="${STATEHOST_BENCH_ROUNDS:-7}" STATEHOST_BENCH_AIRFLOW_PYTHON="$PWD/$venv/bin/python" \
     cargo bench -p statehost-tests
 # The threads bench again with glibc's per-thread cache off (see BENCHMARKS.md).
 GLIBC_TUNABLES=glibc.malloc.tcache_count=0 STATEHOST_BENCH_LABEL=tcache-off \

@@ -10,9 +10,15 @@ cd "$(dirname "$0")/.."
 
 export STATEHOST_BENCH_DIR="${STATEHOST_BENCH_DIR:-/dev/shm}"
 venv=target/airflow-venv
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import airflow.sdk' 2>/dev/null; then
+# Every package at the version of bench/airflow-constraints.txt; a venv made
+# from other constraints is made again.
+constraints=bench/airflow-constraints.txt
+if [ ! -x "$venv/bin/python" ] || ! cmp -s "$constraints" "$venv/constraints.txt" \
+    || ! "$venv/bin/python" -c 'import airflow.sdk' 2>/dev/null; then
+    rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet 'apache-airflow-task-sdk==1.3.2'
+    "$venv/bin/pip" install --quiet -c "$constraints" 'apache-airflow-task-sdk==1.3.2'
+    cp "$constraints" "$venv/constraints.txt"
 fi
 
 rm -rf target/criterion
@@ -31,8 +37,8 @@ GLIBC_TUNABLES=glibc.malloc.tcache_count=0 STATEHOST_BENCH_LABEL=tcache-off \
 # memory, fs and object-store plugins. One process per backend, every backend
 # once per round; each figure is the median of the rounds, and the rounds are
 # kept to compare backends measured in the same round.
-"$venv/bin/pip" install --quiet 'maturin>=1.9,<2'
-"$venv/bin/pip" install --quiet 'apache-airflow-providers-common-io==1.11.0' || echo "common-io did not install: its row is left out" >&2
+"$venv/bin/pip" install --quiet -c "$constraints" 'maturin>=1.9,<2'
+"$venv/bin/pip" install --quiet -c "$constraints" 'apache-airflow-providers-common-io==1.11.0' || echo "common-io did not install: its row is left out" >&2
 rm -rf target/py-wheels-release
 STATEHOST_PYTHON_PLUGINS="${CARGO_TARGET_DIR:-$PWD/target}/release" "$venv/bin/maturin" build --quiet --release \
     -m python/Cargo.toml -i "$venv/bin/python" --out target/py-wheels-release

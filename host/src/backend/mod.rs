@@ -45,6 +45,15 @@ impl Text {
     }
 }
 
+/// `bytes` as text if they are UTF-8: the check every value read back goes
+/// through (a vectorised one, which accepts exactly what
+/// `std::str::from_utf8` accepts, at two to three times its speed from
+/// 1 KiB up).
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    simdutf8::basic::from_utf8(bytes).ok()
+}
+
 /// A reference a backend returned for a write: in the host's memory, or
 /// in the plugin's own buffer, kept without a copy (its bytes checked to be
 /// UTF-8 when it crossed; freed by the plugin's allocator when dropped).

@@ -72,12 +72,12 @@ pub(crate) fn parse_backend_json(bytes: &[u8]) -> std::result::Result<Value, Str
     if let [b'"', inner @ .., b'"'] = bytes
         && needs_no_escape(inner)
     {
-        return std::str::from_utf8(inner)
+        return crate::backend::utf8(inner)
             .map(|text| Value::String(text.to_owned()))
-            .map_err(|_| "it returned bytes that are not UTF-8".to_string());
+            .ok_or_else(|| "it returned bytes that are not UTF-8".to_string());
     }
     serde_json::from_slice::<Value>(bytes).map_err(|e| {
-        if std::str::from_utf8(bytes).is_err() {
+        if crate::backend::utf8(bytes).is_none() {
             "it returned bytes that are not UTF-8".to_string()
         } else {
             format!("it returned text that is not JSON ({e})")
@@ -161,6 +161,40 @@ mod tests {
             Err("it returned bytes that are not UTF-8".to_string())
         );
         assert!(parse_backend_json(b"\"a\"b\"").is_err());
+    }
+
+    #[test]
+    fn long_values_are_checked_for_utf8_to_their_last_byte() {
+        // Past the vectorised check's blocks: multi-byte characters across
+        // block edges read back; one bad byte anywhere, in a string or in
+        // other JSON, is refused.
+        let good = "é🦀x".repeat(300);
+        assert_eq!(
+            parse_backend_json(format!("\"{good}\"").as_bytes()),
+            Ok(Value::String(good.clone()))
+        );
+        for at in [0, 63, 64, 1000, good.len() - 1] {
+            let mut bytes = format!("\"{good}\"").into_bytes();
+            bytes[1 + at] = 0xff;
+            assert_eq!(
+                parse_backend_json(&bytes),
+                Err("it returned bytes that are not UTF-8".to_string()),
+                "bad byte at {at}"
+            );
+            let mut listed = format!("[\"{good}\"]").into_bytes();
+            listed[2 + at] = 0xff;
+            assert_eq!(
+                parse_backend_json(&listed),
+                Err("it returned bytes that are not UTF-8".to_string()),
+                "bad byte at {at}, in a list"
+            );
+        }
+        // A character cut short at the end.
+        let cut = format!("\"{}", &good[..good.len() - 1]);
+        let mut cut = cut.into_bytes();
+        cut.truncate(cut.len() - 2);
+        cut.push(b'"');
+        assert!(parse_backend_json(&cut).is_err());
     }
 
     #[test]

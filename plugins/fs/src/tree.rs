@@ -539,12 +539,16 @@ fn read_all(fd: &OwnedFd, size_hint: u64) -> io::Result<String> {
             Err(e) => return Err(errno(e)),
         }
     }
-    String::from_utf8(bytes).map_err(|_| {
-        io::Error::new(
+    // The vectorised check: a large read spends a third of its time here
+    // with std's.
+    if simdutf8::basic::from_utf8(&bytes).is_err() {
+        return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "stream did not contain valid UTF-8",
-        )
-    })
+        ));
+    }
+    // SAFETY: the bytes were just checked to be UTF-8.
+    Ok(unsafe { String::from_utf8_unchecked(bytes) })
 }
 
 #[cfg(test)]
@@ -581,5 +585,22 @@ mod tests {
             read_all(&fd, 1).unwrap_err().kind(),
             io::ErrorKind::InvalidData
         );
+    }
+
+    #[test]
+    fn a_long_file_is_checked_for_utf8_to_its_last_byte() {
+        let good = "é🦀x".repeat(5000);
+        let (_dir, fd) = opened(good.as_bytes());
+        assert_eq!(read_all(&fd, good.len() as u64).unwrap(), good);
+        for at in [0, 64, 10_000, good.len() - 1] {
+            let mut bytes = good.clone().into_bytes();
+            bytes[at] = 0xff;
+            let (_dir, fd) = opened(&bytes);
+            assert_eq!(
+                read_all(&fd, bytes.len() as u64).unwrap_err().kind(),
+                io::ErrorKind::InvalidData,
+                "bad byte at {at}"
+            );
+        }
     }
 }

@@ -395,8 +395,8 @@ impl BridgeHandle {
     /// The JSON text a reference stands for.
     fn deserialize<'py>(&self, py: Python<'py>, reference: &str) -> PyResult<Bound<'py, PyString>> {
         let text = self.read(py, reference)?;
-        let text = statehost::backend::utf8(text.as_bytes())
-            .ok_or_else(|| self.not_utf8(py, reference))?;
+        let text =
+            statehost::backend::utf8(text.as_bytes()).map_err(|_| self.not_utf8(py, reference))?;
         Ok(PyString::new(py, text))
     }
 
@@ -416,10 +416,10 @@ impl BridgeHandle {
             && statehost::state::needs_no_escape(inner)
         {
             let inner =
-                statehost::backend::utf8(inner).ok_or_else(|| self.not_utf8(py, reference))?;
+                statehost::backend::utf8(inner).map_err(|_| self.not_utf8(py, reference))?;
             return Ok(PyString::new(py, inner).into_any());
         }
-        let text = statehost::backend::utf8(bytes).ok_or_else(|| self.not_utf8(py, reference))?;
+        let text = statehost::backend::utf8(bytes).map_err(|_| self.not_utf8(py, reference))?;
         decode.call1((text,)).map_err(|e| {
             if e.is_instance_of::<pyo3::exceptions::PyValueError>(py) {
                 python_error(

@@ -312,6 +312,22 @@ def test_a_read_that_panics_is_an_exception(airflow, write_config, faulty_librar
     assert af.comms.task_rows == {}
 
 
+def test_a_value_that_is_not_utf8_is_a_backend_error(airflow, write_config, faulty_library):
+    # The faulty plugin hands back a JSON string of 104 bytes whose last
+    # character is two bytes that are not UTF-8.
+    config = write_config(
+        f'[workers]\nstate_backend = "{faulty_library}"\n[backends.faulty.ops]\ndeserialize = "non_utf8"\n'
+    )
+    af = airflow(config)
+    af.task().set("k", "v")
+    ref = af.task_row("k")["__airflow_state_ref__"]
+    with pytest.raises(BackendError, match="not UTF-8") as caught:
+        af.task().get("k")
+    assert ref in str(caught.value)
+    with pytest.raises(BackendError, match="not UTF-8"):
+        af.backend().deserialize_task_state_store_from_ref(ref)
+
+
 def test_a_constructor_panic_is_a_config_error(airflow, write_config, faulty_library):
     config = write_config(f'[workers]\nstate_backend = "{faulty_library}"\n[backends.faulty]\non_new = "panic"\n')
     af = airflow(config)

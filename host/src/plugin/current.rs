@@ -53,6 +53,13 @@ fn reference_not_utf8(e: std::str::Utf8Error) -> BackendError {
     ))
 }
 
+#[cold]
+pub(super) fn value_not_utf8(e: std::str::Utf8Error) -> BackendError {
+    BackendError::invalid_input(format!(
+        "the plugin returned a value that is not UTF-8 ({e})"
+    ))
+}
+
 #[inline]
 fn owner(at: Option<StateKey<'_>>) -> ROption<AbiOwner<'_>> {
     match at {
@@ -93,7 +100,7 @@ impl CurrentBackend {
             write_id.into(),
             value.into(),
         ) {
-            RResult::ROk(ROption::RSome(r)) => match std::str::from_utf8(r.as_bytes()) {
+            RResult::ROk(ROption::RSome(r)) => match crate::backend::utf8(r.as_bytes()) {
                 Ok(_) => Ok(Some(Reference::Plugin(r))),
                 Err(e) => Err(reference_not_utf8(e)),
             },
@@ -120,14 +127,9 @@ impl CurrentBackend {
         reference: &str,
         at: Option<StateKey<'_>>,
     ) -> Result<String, BackendError> {
-        match self.deserialize(reference, at)? {
-            Text::Plugin(bytes) => String::from_utf8(bytes.into_vec()).map_err(|e| {
-                BackendError::invalid_input(format!(
-                    "the plugin returned a value that is not UTF-8 ({e})"
-                ))
-            }),
-            Text::Host(s) => Ok(s),
-        }
+        self.deserialize(reference, at)?
+            .into_string()
+            .map_err(value_not_utf8)
     }
 
     pub(crate) fn delete_object(

@@ -475,14 +475,10 @@ impl StateBackend for LoadedBackend {
     ) -> std::result::Result<String, BackendError> {
         match &self.backend {
             Loaded::Current(b) => b.deserialize_owned(reference, owner),
-            Loaded::Legacy(b) => match b.deserialize(reference, owner)? {
-                Text::Plugin(bytes) => String::from_utf8(bytes.into_vec()).map_err(|e| {
-                    BackendError::invalid_input(format!(
-                        "the plugin returned a value that is not UTF-8 ({e})"
-                    ))
-                }),
-                Text::Host(s) => Ok(s),
-            },
+            Loaded::Legacy(b) => b
+                .deserialize(reference, owner)?
+                .into_string()
+                .map_err(current::value_not_utf8),
         }
     }
 

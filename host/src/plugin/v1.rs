@@ -47,7 +47,8 @@ fn error(e: v1::__private::AbiError) -> BackendError {
 }
 
 fn text(s: RString, what: &str) -> Result<String, BackendError> {
-    std::str::from_utf8(s.into_bytes().as_slice())
+    let bytes = s.into_bytes();
+    crate::backend::utf8(bytes.as_slice())
         .map(str::to_owned)
         .map_err(|e| {
             BackendError::invalid_input(format!(

@@ -74,10 +74,10 @@ pub(crate) fn parse_backend_json(bytes: &[u8]) -> std::result::Result<Value, Str
     {
         return crate::backend::utf8(inner)
             .map(|text| Value::String(text.to_owned()))
-            .ok_or_else(|| "it returned bytes that are not UTF-8".to_string());
+            .map_err(|_| "it returned bytes that are not UTF-8".to_string());
     }
     serde_json::from_slice::<Value>(bytes).map_err(|e| {
-        if crate::backend::utf8(bytes).is_none() {
+        if crate::backend::utf8(bytes).is_err() {
             "it returned bytes that are not UTF-8".to_string()
         } else {
             format!("it returned text that is not JSON ({e})")
@@ -135,7 +135,7 @@ mod tests {
         /// The fast paths agree with serde_json on every string, escaped
         /// or not (control characters, quotes, backslashes, non-ASCII).
         #[test]
-        fn plain_strings_render_and_parse_as_serde_json_does(text in "(?s).{0,80}", junk in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+        fn plain_strings_render_and_parse_as_serde_json_does(text in "(?s).{0,80}", junk in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let value = Value::String(text);
             let rendered = render(&value);
             proptest::prop_assert_eq!(&rendered, &value.to_string());
@@ -189,12 +189,26 @@ mod tests {
                 "bad byte at {at}, in a list"
             );
         }
-        // A character cut short at the end.
-        let cut = format!("\"{}", &good[..good.len() - 1]);
-        let mut cut = cut.into_bytes();
+        // A character cut short at the end, after other characters, and
+        // at and beside the vectorised check's block edges.
+        let mut cut = format!("\"{}", &good[..good.len() - 1]).into_bytes();
         cut.truncate(cut.len() - 2);
         cut.push(b'"');
-        assert!(parse_backend_json(&cut).is_err());
+        let mut cuts = vec![cut];
+        for len in [63, 64, 65, 127, 128, 129, 1024] {
+            let mut inner = "x".repeat(len - 2).into_bytes();
+            inner.extend_from_slice(&"🦀".as_bytes()[..2]);
+            cuts.push([&b"\""[..], &inner, b"\""].concat());
+            cuts.push([&b"[\""[..], &inner, b"\"]"].concat());
+        }
+        for bytes in cuts {
+            assert_eq!(
+                parse_backend_json(&bytes),
+                Err("it returned bytes that are not UTF-8".to_string()),
+                "{} bytes",
+                bytes.len()
+            );
+        }
     }
 
     #[test]

@@ -602,5 +602,17 @@ mod tests {
                 "bad byte at {at}"
             );
         }
+        // A character cut short as the file ends, at and beside the
+        // vectorised check's block edges.
+        for len in [63, 64, 65, 1024, 65_536] {
+            let mut bytes = "x".repeat(len - 2).into_bytes();
+            bytes.extend_from_slice(&"🦀".as_bytes()[..2]);
+            let (_dir, fd) = opened(&bytes);
+            assert_eq!(
+                read_all(&fd, bytes.len() as u64).unwrap_err().kind(),
+                io::ErrorKind::InvalidData,
+                "cut at the end of {len} bytes"
+            );
+        }
     }
 }

@@ -111,6 +111,15 @@ def main() -> None:
             rows.append([work, allocator, fmt(one), fmt(two), ratio(one, two)])
     print(table(["work", "allocator", "1 thread", "2 threads", "throughput 2 vs 1"], rows))
 
+    print("\n### UTF-8 check of a value read back: statehost's against std's\n")
+    rows = []
+    for kind, text in [("ascii", "ASCII"), ("mixed", "non-ASCII every 6th character")]:
+        for size in SIZES:
+            ours, std = g(f"utf8/{kind}/{size}/statehost"), g(f"utf8/{kind}/{size}/std")
+            if ours is not None:
+                rows.append([text, size, fmt(std), fmt(ours), ratio(std, ours)])
+    print(table(["text", "size", "std::str::from_utf8", "statehost::backend::utf8", "std / statehost"], rows))
+
     print("\n### Cold start: load + construct in a fresh process\n")
     rows = []
     for name in ["memory", "fs"]:

@@ -313,8 +313,9 @@ def test_a_read_that_panics_is_an_exception(airflow, write_config, faulty_librar
 
 
 def test_a_value_that_is_not_utf8_is_a_backend_error(airflow, write_config, faulty_library):
-    # The faulty plugin hands back a JSON string of 104 bytes whose last
-    # character is two bytes that are not UTF-8.
+    # The faulty plugin hands back a JSON string of 104 bytes with two bytes
+    # that are not UTF-8 just before its closing quote, past the first
+    # 64-byte block of the vectorised check.
     config = write_config(
         f'[workers]\nstate_backend = "{faulty_library}"\n[backends.faulty.ops]\ndeserialize = "non_utf8"\n'
     )
@@ -326,6 +327,9 @@ def test_a_value_that_is_not_utf8_is_a_backend_error(airflow, write_config, faul
     assert ref in str(caught.value)
     with pytest.raises(BackendError, match="not UTF-8"):
         af.backend().deserialize_task_state_store_from_ref(ref)
+    # The native handle's text read checks too.
+    with pytest.raises(BackendError, match="not UTF-8"):
+        af.backend()._native().deserialize(ref)
 
 
 def test_a_constructor_panic_is_a_config_error(airflow, write_config, faulty_library):

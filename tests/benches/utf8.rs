@@ -1,5 +1,5 @@
-//! The UTF-8 check every value a plugin hands back goes through
-//! (`statehost::backend::utf8`, a vectorised check) against std's
+//! The UTF-8 check of a plugin's references and of values read back as
+//! text (`statehost::backend::utf8`, a vectorised check) against std's
 //! `std::str::from_utf8`, on the benches' values (ASCII, as
 //! `json_string_of` makes them) and on text with a two-byte character in
 //! every dozen bytes.

@@ -25,8 +25,9 @@ pub use reaper::Reaper;
 /// A value's JSON text as a backend returned it: in the host's memory, or
 /// in the plugin's own buffer, lent without a copy (and freed by the
 /// plugin's allocator when dropped). The bytes are not checked for UTF-8:
-/// a broken plugin can return anything, so they are read through [`utf8`]
-/// (or [`Text::into_string`], which uses it).
+/// a broken plugin can return anything, so they are taken as text through
+/// [`utf8`] (or [`Text::into_string`], which uses it), or parsed by a JSON
+/// parser that checks as it reads (`serde_json::from_slice`).
 #[derive(Debug)]
 pub enum Text {
     /// Made by an in-process backend.
@@ -54,8 +55,10 @@ impl Text {
     }
 }
 
-/// `bytes` as text if they are UTF-8: the check every value or reference a
-/// plugin hands back goes through. A vectorised check decides; only when it
+/// `bytes` as text if they are UTF-8: the check a plugin's reference, and a
+/// value read back that is taken as text rather than parsed as JSON (a
+/// string without escapes, a copy, the Python package's `str`), goes
+/// through. A vectorised check decides; only when it
 /// refuses does `std::str::from_utf8` run, for its answer and its error
 /// (where the bad sequence is), so the answers are std's. From 1 KiB up it
 /// takes about half std's time on ASCII and a ninth on text with non-ASCII
@@ -332,5 +335,43 @@ mod tests {
         fn utf8_answers_as_std_does(bytes in text_and_damage()) {
             prop_assert_eq!(super::utf8(&bytes), std::str::from_utf8(&bytes));
         }
+    }
+
+    /// The sequences a UTF-8 check most easily gets wrong (surrogates,
+    /// overlong forms, code points past U+10FFFF, stray or missing
+    /// continuation bytes, and a valid four-byte character), at and beside
+    /// the vectorised check's block edges.
+    #[test]
+    fn utf8_answers_as_std_does_on_hard_sequences() {
+        let sequences: [&[u8]; 14] = [
+            b"\xed\xa0\x80",
+            b"\xed\xbf\xbf",
+            b"\xc0\x80",
+            b"\xc1\xbf",
+            b"\xe0\x80\x80",
+            b"\xe0\x9f\xbf",
+            b"\xf0\x80\x80\x80",
+            b"\xf0\x8f\xbf\xbf",
+            b"\xf4\x90\x80\x80",
+            b"\xf5\x80\x80\x80",
+            b"\x80",
+            b"\xe2\x82",
+            b"\xf0\x9f\xa6",
+            "🦀".as_bytes(),
+        ];
+        let mut refused = 0;
+        for sequence in sequences {
+            for at in [0, 30, 31, 32, 62, 63, 64, 127, 196] {
+                for len in [at + sequence.len(), 200] {
+                    let mut bytes = vec![b'x'; len.max(at + sequence.len())];
+                    bytes[at..at + sequence.len()].copy_from_slice(sequence);
+                    let std = std::str::from_utf8(&bytes);
+                    refused += usize::from(std.is_err());
+                    assert_eq!(super::utf8(&bytes), std, "{sequence:x?} at {at} of {len}");
+                }
+            }
+        }
+        // All but the crab are refused, wherever they stand.
+        assert_eq!(refused, 13 * 9 * 2);
     }
 }

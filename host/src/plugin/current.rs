@@ -100,10 +100,13 @@ impl CurrentBackend {
             write_id.into(),
             value.into(),
         ) {
-            RResult::ROk(ROption::RSome(r)) => match crate::backend::utf8(r.as_bytes()) {
-                Ok(_) => Ok(Some(Reference::Plugin(r))),
-                Err(e) => Err(reference_not_utf8(e)),
-            },
+            // Its bytes, not `as_str` (which assumes what is checked here).
+            RResult::ROk(ROption::RSome(r)) => {
+                match crate::backend::utf8(r.as_rstr().as_rslice().as_slice()) {
+                    Ok(_) => Ok(Some(Reference::Plugin(r))),
+                    Err(e) => Err(reference_not_utf8(e)),
+                }
+            }
             RResult::ROk(ROption::RNone) => Ok(None),
             RResult::RErr(e) => Err(e.into_error()),
         }

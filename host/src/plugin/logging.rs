@@ -40,14 +40,36 @@ impl PluginLogger {
     }
 }
 
+/// A plugin's message as text: its bytes are not trusted to be UTF-8 (a
+/// broken plugin can send any), so bad sequences are replaced.
+fn text(message: RStr<'_>) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(message.as_rslice().as_slice())
+}
+
 impl statehost_plugin_api::__private::AbiLogger for PluginLogger {
     fn log(&self, level: u8, _target: RStr<'_>, message: RStr<'_>) {
-        self.forward(level, message.as_str());
+        self.forward(level, &text(message));
     }
 }
 
 impl statehost_plugin_api_v1::__private::AbiLogger for PluginLogger {
     fn log(&self, level: u8, _target: RStr<'_>, message: RStr<'_>) {
-        self.forward(level, message.as_str());
+        self.forward(level, &text(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_that_is_not_utf8_is_forwarded_with_replacements() {
+        let bytes = b"bad \xff\xfe byte";
+        // SAFETY: the pointer and length are those of `bytes`, which
+        // outlives `message`; what a broken plugin sends, not UTF-8, and
+        // read here only as bytes.
+        let message = unsafe { RStr::from_raw_parts(bytes.as_ptr(), bytes.len()) };
+        assert_eq!(text(message), "bad \u{fffd}\u{fffd} byte");
+        assert_eq!(text(RStr::from("plain")), "plain");
     }
 }

@@ -197,8 +197,18 @@ pub(super) fn set(
         .as_deref()
         .and_then(reference_in)
     {
-        Some(reference) => match read_object(inner, at, &reference) {
-            Ok(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        Some(reference) => match read_object(inner, at, &reference).map(Text::into_string) {
+            Ok(Ok(text)) => Some(text),
+            // Put back changed, it would read back as a value it never
+            // was; overwritten, it could not be put back at all.
+            Ok(Err(e)) => {
+                return Err(error(
+                    "read",
+                    BackendError::invalid_input(format!(
+                        "the value stored now is not UTF-8 ({e}), so it could not be put back if this write failed; delete the key, then set it"
+                    )),
+                ));
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(error("read", e)),
         },

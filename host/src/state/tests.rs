@@ -129,7 +129,17 @@ impl Backend for InPlace {
             .unwrap()
             .get(reference)
             .cloned()
-            .map(Text::Host)
+            .map(|value| {
+                // A broken plugin's answer: the value with a byte that is
+                // not UTF-8 after it.
+                if value.contains("garbled") {
+                    let mut bytes = value.into_bytes();
+                    bytes.push(0xff);
+                    Text::Plugin(bytes.into())
+                } else {
+                    Text::Host(value)
+                }
+            })
             .ok_or_else(|| BackendError::not_found(reference.to_string()))
     }
     fn delete_object(&self, _: &str, _: Option<StateKey<'_>>) -> Answer<bool> {
@@ -174,6 +184,33 @@ fn hosts_on_one_legacy_backend_share_its_fencing() {
     std::thread::sleep(Duration::from_millis(800));
     b.task_state(scope()).set("k", &json!("v3")).unwrap();
     assert_eq!(a.task_state(scope()).get("k").unwrap(), Some(json!("v3")));
+}
+
+#[test]
+fn a_legacy_value_that_is_not_utf8_is_not_overwritten() {
+    // A 1.x write overwrites the key's only object, keeping the old value
+    // to put back if the row write fails; one that is not UTF-8 cannot be
+    // kept as it is, so the write is refused and nothing changes.
+    let in_place = Arc::new(InPlace::default());
+    let host = StateHost::builder(Arc::new(MemoryStore::new()))
+        .backend("v1", in_place.clone())
+        .limits(limits(1000, 8))
+        .build();
+    let state = host.task_state(scope());
+    state.set("k", &json!("garbled")).unwrap();
+    let err = state.set("k", &json!("new")).unwrap_err().to_string();
+    assert!(
+        err.contains("not UTF-8") && err.contains("delete the key"),
+        "{err}"
+    );
+    let objects = in_place.objects.lock().unwrap().clone();
+    assert_eq!(
+        objects.into_values().collect::<Vec<_>>(),
+        vec!["\"garbled\"".to_string()]
+    );
+    state.delete("k").unwrap();
+    state.set("k", &json!("new")).unwrap();
+    assert_eq!(state.get("k").unwrap(), Some(json!("new")));
 }
 
 /// A SQLite store that records when commits were made durable and when

@@ -135,7 +135,12 @@ mod tests {
         /// The fast paths agree with serde_json on every string, escaped
         /// or not (control characters, quotes, backslashes, non-ASCII).
         #[test]
-        fn plain_strings_render_and_parse_as_serde_json_does(text in "(?s).{0,80}", junk in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+        fn plain_strings_render_and_parse_as_serde_json_does(
+            text in "(?s).{0,80}",
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            plain in "[^\"\\\\\\p{Cc}]{0,150}",
+            damage in proptest::collection::vec((proptest::prelude::any::<proptest::sample::Index>(), 0x20u8..=0xffu8), 0..3),
+        ) {
             let value = Value::String(text);
             let rendered = render(&value);
             proptest::prop_assert_eq!(&rendered, &value.to_string());
@@ -143,6 +148,19 @@ mod tests {
             let mut quoted = vec![b'"'];
             quoted.extend(&junk);
             quoted.push(b'"');
+            let theirs = serde_json::from_slice::<Value>(&quoted).ok();
+            proptest::prop_assert_eq!(parse_backend_json(&quoted).ok(), theirs);
+            // Text that takes the fast path (no quote, backslash or control
+            // character), long enough for the vectorised check's blocks,
+            // with bytes overwritten: valid or not, the answer is
+            // serde_json's.
+            let mut quoted = format!("\"{plain}\"").into_bytes();
+            let inner = quoted.len() - 2;
+            for (at, byte) in damage {
+                if inner > 0 && byte != b'"' && byte != b'\\' {
+                    quoted[1 + at.index(inner)] = byte;
+                }
+            }
             let theirs = serde_json::from_slice::<Value>(&quoted).ok();
             proptest::prop_assert_eq!(parse_backend_json(&quoted).ok(), theirs);
         }

@@ -12,6 +12,13 @@
 //! (a name and a JSON request, a JSON answer) and are advertised as
 //! capability names in the metadata; option and context structs travel as
 //! JSON. A 2.x host therefore loads every 2.y plugin.
+//!
+//! Not even a method appended after `extension` is allowed: `abi_stable`
+//! lets a host load a library whose prefix tables are longer than the
+//! host's, never shorter, so such a host would refuse every plugin built
+//! before the method. The integration tests build a plugin against the
+//! frozen 2.2 boundary (`compat/plugin-api-2.2`) and load a current plugin
+//! through it, so a change of layout fails them.
 
 // `#[sabi_trait]` and the prefix-type derive generate impls inside consts and
 // types without `Debug`; neither is ours to change.

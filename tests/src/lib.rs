@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "statehost-fixture-abi-mismatch",
     "statehost-fixture-not-a-plugin",
     "statehost-fixture-v1-memory",
+    "statehost-fixture-v22-memory",
 ];
 
 /// What the nested build produced.

@@ -14,7 +14,9 @@
 //! round, and the host's overhead above the floor is the median of the
 //! rounds' differences.
 //!
-//! `STATEHOST_BENCH_PAIRED_ROUNDS` (default 101) sets the rounds per cell.
+//! `STATEHOST_BENCH_PAIRED_ROUNDS` (default 101) sets the rounds per cell;
+//! `STATEHOST_BENCH_PAIRED_SIZES` (bytes, comma-separated, default every
+//! size of the report) the sizes.
 //! The benches `paired_memory` and `paired_fs` (one plugin per binary: the
 //! plugins' crates each define the root-module symbol) print a table and
 //! write `target/criterion/boundary_paired/<backend>.json` for the report.
@@ -168,6 +170,17 @@ pub fn run(name: &str, so: &dyn Backend, local: &dyn Backend, floor: Option<Floo
         .ok()
         .map(|v| v.parse().expect("STATEHOST_BENCH_PAIRED_ROUNDS: a number"))
         .unwrap_or(101);
+    let sizes: Vec<usize> = match std::env::var("STATEHOST_BENCH_PAIRED_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .expect("STATEHOST_BENCH_PAIRED_SIZES: sizes in bytes, e.g. 16,1024")
+            })
+            .collect(),
+        Err(_) => BENCH_SIZES.to_vec(),
+    };
     let scope = TaskScope::new("bench_dag", "scheduled__2026-11-21", "extract", -1).unwrap();
     let at = StateKey::task(&scope, "key");
     println!(
@@ -179,7 +192,7 @@ pub fn run(name: &str, so: &dyn Backend, local: &dyn Backend, floor: Option<Floo
         ("serialize", Op::Serialize),
         ("deserialize", Op::Deserialize),
     ] {
-        for size in BENCH_SIZES {
+        for &size in &sizes {
             let value = json_string_of(size).to_string();
             let cell = pair(so, local, floor, op, at, &value, rounds);
             let label = size_label(size);

@@ -18,6 +18,7 @@ mod guards;
 mod history;
 mod legacy;
 mod object_store;
+mod older_2x;
 mod plugins;
 mod postgres_tls;
 mod secrets;

@@ -74,23 +74,77 @@ impl FromStr for WriteId {
 
     /// Parses the text form only: 36 characters, hyphenated, lowercase, and
     /// a version 7 UUID; so one write id has exactly one spelling.
+    #[inline]
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || BackendError::invalid_input(format!("{text:?} is not a write id"));
-        // At 36 bytes `try_parse` accepts only the hyphenated form, so with
-        // capitals refused this is the one spelling `encode` writes.
-        // (A fold, not `any`: without a branch per byte it vectorizes.)
-        let capitals = text
-            .bytes()
-            .fold(false, |seen, b| seen | b.is_ascii_uppercase());
-        if text.len() != 36 || capitals {
-            return Err(bad());
+        match text.as_bytes().try_into().ok().and_then(parse_text) {
+            Some(id) => Ok(id),
+            None => Err(not_a_write_id(text)),
         }
-        let id = uuid::Uuid::try_parse(text).map_err(|_| bad())?;
-        if id.get_version_num() != 7 {
-            return Err(bad());
-        }
-        Ok(WriteId(id))
     }
+}
+
+#[cold]
+fn not_a_write_id(text: &str) -> BackendError {
+    BackendError::invalid_input(format!("{text:?} is not a write id"))
+}
+
+/// `byte` in every byte of a word.
+const fn splat(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// Eight ASCII characters (the first in the most significant byte) read as
+/// hex digits: their number, and whether each was a lowercase hex digit.
+///
+/// Every byte is judged by adding to it the distance to a bound and looking
+/// at its high bit, for all eight at once: below 0x80 no sum carries into
+/// the next byte, and a byte at or above 0x80 fails on its own high bit
+/// whatever its neighbours' sums became.
+#[inline(always)]
+fn hex8(x: u64) -> (u32, bool) {
+    const HIGH: u64 = splat(0x80);
+    let at_least_0 = x.wrapping_add(splat(0x80 - b'0'));
+    let above_9 = x.wrapping_add(splat(0x7f - b'9'));
+    let at_least_a = x.wrapping_add(splat(0x80 - b'a'));
+    let above_f = x.wrapping_add(splat(0x7f - b'f'));
+    let digit = (at_least_0 & !above_9) | (at_least_a & !above_f);
+    let ok = digit & !x & HIGH == HIGH;
+    // '0'..='9' are 0x30..=0x39 and 'a'..='f' 0x61..=0x66: the low nibble,
+    // plus 9 where bit 6 is set.
+    let v = (x & splat(0x0f)) + ((x >> 6) & splat(0x01)) * 9;
+    // Pack the nibbles: pairs of bytes, then pairs of those, then halves.
+    let v = ((v >> 4) & 0x00f0_00f0_00f0_00f0) | (v & 0x000f_000f_000f_000f);
+    let v = ((v >> 8) & 0x0000_ff00_0000_ff00) | (v & 0x0000_00ff_0000_00ff);
+    let v = ((v >> 16) & 0x0000_0000_ffff_0000) | (v & 0x0000_0000_0000_ffff);
+    (v as u32, ok)
+}
+
+/// The write id spelled `text`: hyphens at 8, 13, 18 and 23, lowercase hex
+/// digits elsewhere, version 7. Every read and every delete of an object
+/// parses one, so the 32 digits are read eight at a time.
+#[inline]
+fn parse_text(text: &[u8; 36]) -> Option<WriteId> {
+    let word = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&text[at..at + 8]);
+        u64::from_be_bytes(bytes)
+    };
+    let half_word = |at: usize| {
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&text[at..at + 4]);
+        u64::from(u32::from_be_bytes(bytes))
+    };
+    let (a, a_ok) = hex8(word(0));
+    let (b, b_ok) = hex8(half_word(9) << 32 | half_word(14));
+    let (c, c_ok) = hex8(half_word(19) << 32 | half_word(24));
+    let (d, d_ok) = hex8(word(28));
+    let hyphens = (text[8] == b'-') & (text[13] == b'-') & (text[18] == b'-') & (text[23] == b'-');
+    if !(a_ok & b_ok & c_ok & d_ok & hyphens) {
+        return None;
+    }
+    let high = u64::from(a) << 32 | u64::from(b);
+    let low = u64::from(c) << 32 | u64::from(d);
+    WriteId::from_u128(u128::from(high) << 64 | u128::from(low))
 }
 
 #[cfg(test)]
@@ -130,6 +184,54 @@ mod tests {
                 other[at].make_ascii_uppercase();
                 let other = String::from_utf8(other).unwrap();
                 proptest::prop_assert!(other.parse::<WriteId>().is_err(), "{}", other);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// A write id's text with up to three bytes changed (to hex digits
+        /// of either case, hyphens, or others): the parse accepts exactly
+        /// what the `uuid` crate reads as a hyphenated lowercase version 7
+        /// UUID, and reads the same id.
+        #[test]
+        fn the_parse_agrees_with_uuids(
+            ms in 0u64..(1 << 48),
+            random: u128,
+            changes in proptest::collection::vec((0usize..36, proptest::sample::select(b"0123456789abcdefABCDEF-g /".to_vec())), 0..4),
+        ) {
+            let mut text = WriteId::from_parts(ms, random).to_string().into_bytes();
+            for (at, byte) in changes {
+                text[at] = byte;
+            }
+            let text = String::from_utf8(text).unwrap();
+            let ours = text.parse::<WriteId>().ok().map(|id| id.as_u128());
+            let theirs = uuid::Uuid::try_parse(&text)
+                .ok()
+                .filter(|id| id.get_version_num() == 7 && id.hyphenated().to_string() == text);
+            proptest::prop_assert_eq!(ours, theirs.map(|id| id.as_u128()), "{}", text);
+        }
+    }
+
+    #[test]
+    fn every_byte_in_every_place_is_judged() {
+        let text =
+            WriteId::from_parts(1_700_000_000_123, 0x1234_5678_9abc_def0_u128 << 40).to_string();
+        for at in 0..36 {
+            for byte in 0..=255u8 {
+                let mut other = text.clone().into_bytes();
+                other[at] = byte;
+                let Ok(other) = String::from_utf8(other) else {
+                    continue;
+                };
+                let expected = uuid::Uuid::try_parse(&other)
+                    .ok()
+                    .filter(|id| id.get_version_num() == 7 && id.hyphenated().to_string() == other)
+                    .map(|id| id.as_u128());
+                assert_eq!(
+                    other.parse::<WriteId>().ok().map(|id| id.as_u128()),
+                    expected,
+                    "{other}"
+                );
             }
         }
     }

@@ -215,6 +215,7 @@ pub struct Builder {
     settings: StateStoreSettings,
     limits: Limits,
     clock: Arc<dyn Clock>,
+    reaper_capacity: usize,
 }
 
 impl Builder {
@@ -254,6 +255,15 @@ impl Builder {
         self
     }
 
+    /// How many replaced objects may wait a call deadline before they are
+    /// deleted (1024 otherwise); past it, the write that replaced one
+    /// deletes it at once. Tests set a few, so that their histories delete
+    /// replaced objects at once while reads of them are on the way.
+    pub fn reaper_capacity(mut self, capacity: usize) -> Self {
+        self.reaper_capacity = capacity;
+        self
+    }
+
     /// The host.
     pub fn build(self) -> StateHost {
         let (calls, legacy) = match self.backend {
@@ -269,7 +279,7 @@ impl Builder {
                 calls.clone(),
                 Box::new(move || store.sync().map_err(|e| e.to_string())),
                 self.limits.deadline.unwrap_or(Duration::from_secs(30)),
-                REAPER_CAPACITY,
+                self.reaper_capacity,
             )
         });
         StateHost {
@@ -414,6 +424,7 @@ impl StateHost {
             settings: StateStoreSettings::default(),
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            reaper_capacity: REAPER_CAPACITY,
         }
     }
 

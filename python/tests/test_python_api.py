@@ -287,6 +287,39 @@ def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
     assert state.get("child") == 1
 
 
+def test_a_fork_after_a_value_was_replaced_does_not_hang(fs_config):
+    """The parent replaced a value, so its reaper's thread runs; the forked
+    child, which has no such thread, drops the parent's host and opens its
+    own."""
+    import os
+    import signal
+
+    state = StateHost(fs_config).task_state("d", "r", "t")
+    state.set("k", "first")
+    state.set("k", "second")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            state.set("child", 1)
+            state.set("child", 2)
+            code = 0 if state.get("child") == 2 and state.get("k") == "second" else 2
+        finally:
+            os._exit(code)
+    until = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > until:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung for 30 s")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert state.get("child") == 2
+
+
 def test_the_ownership_marker_is_reserved(fs_config):
     host = StateHost(fs_config)
     with pytest.raises(InvalidInputError, match="reserved"):

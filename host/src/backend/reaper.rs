@@ -12,8 +12,15 @@
 //! Every object waits the same delay, so the queue is in due order; the
 //! thread sleeps until the first is due and is woken only when the queue
 //! was empty (or for a flush), not for every object queued.
+//!
+//! A forked child inherits the queue but not the thread: there the reaper
+//! neither queues (a write deletes what it replaced at once) nor flushes
+//! nor joins (the parent's thread deletes what the parent queued), so
+//! dropping the parent's host in the child does not wait for a thread that
+//! is not there.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -67,6 +74,10 @@ pub struct Reaper {
     capacity: usize,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started the thread (0: not started). Read before
+    /// any lock: in a forked child a lock may be held by a thread that is
+    /// not there.
+    thread_pid: AtomicU32,
 }
 
 impl std::fmt::Debug for Reaper {
@@ -107,14 +118,22 @@ impl Reaper {
                 done: Condvar::new(),
             }),
             thread: Mutex::new(None),
+            thread_pid: AtomicU32::new(0),
         }
+    }
+
+    /// Whether the thread was started by another process: this is a
+    /// forked child, which has none of it.
+    fn forked(&self) -> bool {
+        let pid = self.thread_pid.load(Ordering::Acquire);
+        pid != 0 && pid != std::process::id()
     }
 
     /// Queues the object at `reference` for deletion after the delay.
     /// `false` when the queue is full: delete it now instead.
     /// (The arguments are copied only once there is room for them.)
     pub fn schedule(&self, reference: &str, owner: Option<StateKey<'_>>) -> bool {
-        if !self.started() {
+        if self.forked() || !self.started() {
             return false;
         }
         let mut queue = self.shared.lock();
@@ -138,12 +157,8 @@ impl Reaper {
 
     /// Deletes everything queued now and waits until it is done.
     pub fn flush(&self) {
-        if self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-        {
+        // Not started, or started in the parent of this forked child.
+        if self.thread_pid.load(Ordering::Acquire) != std::process::id() {
             return;
         }
         let mut queue = self.shared.lock();
@@ -177,6 +192,7 @@ impl Reaper {
         {
             Ok(handle) => {
                 *thread = Some(handle);
+                self.thread_pid.store(std::process::id(), Ordering::Release);
                 true
             }
             Err(e) => {
@@ -293,6 +309,11 @@ impl Drop for Reaper {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(handle) = thread {
+            if self.forked() {
+                // The parent's thread: not this process's to stop or join.
+                std::mem::forget(handle);
+                return;
+            }
             // The thread deletes what is queued, then ends.
             self.shared.lock().stopping = true;
             self.shared.wake.notify_one();

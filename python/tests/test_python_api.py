@@ -264,6 +264,24 @@ def test_numbers_keep_every_digit(memory_config):
         state.set("n", Decimal("NaN"))
 
 
+def _exit_code(pid: int, seconds: float = 30) -> int:
+    """The exit code of forked child `pid`; fails the test (and kills the
+    child) if it has not ended within `seconds`."""
+    import os
+    import signal
+
+    until = time.monotonic() + seconds
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > until:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child hung for {seconds} s")
+        time.sleep(0.05)
+
+
 def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
     import os
 
@@ -282,8 +300,7 @@ def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
             code = 0 if state.get("child") == 1 and state.get("k") == "parent" else 2
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert _exit_code(pid) == 0
     assert state.get("child") == 1
 
 
@@ -292,7 +309,6 @@ def test_a_fork_after_a_value_was_replaced_does_not_hang(fs_config):
     child, which has no such thread, drops the parent's host and opens its
     own."""
     import os
-    import signal
 
     state = StateHost(fs_config).task_state("d", "r", "t")
     state.set("k", "first")
@@ -306,17 +322,7 @@ def test_a_fork_after_a_value_was_replaced_does_not_hang(fs_config):
             code = 0 if state.get("child") == 2 and state.get("k") == "second" else 2
         finally:
             os._exit(code)
-    until = time.monotonic() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > until:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung for 30 s")
-        time.sleep(0.05)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert _exit_code(pid) == 0
     assert state.get("child") == 2
 
 

@@ -175,6 +175,34 @@ pub fn host_on(
     builder.build()
 }
 
+/// Drives one task scope and one asset through their accessors: a value
+/// overwritten and read back (then `after_overwrite` runs), a delete, a
+/// clear, and the same for an asset named `orders`.
+pub fn exercise_accessors(
+    host: &StateHost,
+    scope: statehost_plugin_api::TaskScope,
+    after_overwrite: impl FnOnce(),
+) {
+    use serde_json::json;
+    let state = host.task_state(scope);
+    state.set("k", &json!({"v": 1})).unwrap();
+    state.set("k", &json!({"v": 2})).unwrap();
+    assert_eq!(state.get("k").unwrap(), Some(json!({"v": 2})));
+    after_overwrite();
+    state.delete("k").unwrap();
+    assert_eq!(state.get("k").unwrap(), None);
+    state.set("a", &json!(1)).unwrap();
+    state.clear(false).unwrap();
+    assert_eq!(state.get("a").unwrap(), None);
+    let asset = host
+        .asset_state(&statehost_plugin_api::AssetScope::by_name("orders").unwrap())
+        .unwrap();
+    asset.set("wm", &json!("2026")).unwrap();
+    assert_eq!(asset.get("wm").unwrap(), Some(json!("2026")));
+    asset.clear().unwrap();
+    assert_eq!(asset.get("wm").unwrap(), None);
+}
+
 /// Waits out the orphan grace of `settings`, so gc may collect what was
 /// left before now.
 pub fn wait_out_grace(settings: &StateStoreSettings) {

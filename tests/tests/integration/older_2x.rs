@@ -16,8 +16,8 @@ use statehost::StateHost;
 use statehost::backend::Backend;
 use statehost::store::{SqliteLocation, SqliteStore};
 use statehost_plugin_api::conformance::write_id;
-use statehost_plugin_api::{AssetScope, ErrorKind, StateKey, TaskScope};
-use statehost_tests::{library, loaded, short_grace};
+use statehost_plugin_api::{ErrorKind, StateKey, TaskScope};
+use statehost_tests::{exercise_accessors, library, loaded, short_grace};
 
 fn scope() -> TaskScope {
     TaskScope::new("dag", "run", "task", -1).unwrap()
@@ -59,22 +59,7 @@ fn a_2_2_plugin_is_served_through_the_frozen_methods() {
     .backend("frozen_memory", backend)
     .settings(short_grace())
     .build();
-    let state = host.task_state(scope.clone());
-    state.set("k", &json!({"v": 1})).unwrap();
-    state.set("k", &json!({"v": 2})).unwrap();
-    assert_eq!(state.get("k").unwrap(), Some(json!({"v": 2})));
-    state.delete("k").unwrap();
-    assert_eq!(state.get("k").unwrap(), None);
-    state.set("a", &json!(1)).unwrap();
-    state.clear(false).unwrap();
-    assert_eq!(state.get("a").unwrap(), None);
-    let asset = host
-        .asset_state(&AssetScope::by_name("orders").unwrap())
-        .unwrap();
-    asset.set("wm", &json!("2026")).unwrap();
-    assert_eq!(asset.get("wm").unwrap(), Some(json!("2026")));
-    asset.clear().unwrap();
-    assert_eq!(asset.get("wm").unwrap(), None);
+    exercise_accessors(&host, scope, || {});
 }
 
 struct Quiet;

@@ -243,8 +243,11 @@ fn run(calls: &Arc<Calls>, sync: &SyncFn, shared: &Shared) {
         }
         let batch: Vec<Doomed> = queue.doomed.drain(..due).collect();
         let asked = queue.flushes_asked;
+        // Flushing or stopping, nothing waits for a retry: what fails now
+        // is left to gc.
+        let last_try = flushing || queue.stopping;
         drop(queue);
-        let retry = reap(calls, sync, batch, flushing);
+        let retry = reap(calls, sync, batch, last_try);
         queue = shared.lock();
         queue.pending -= retry.len();
         for doomed in retry.into_iter().flatten() {
@@ -372,5 +375,73 @@ mod tests {
         }
         // Only "c" (refused by the full queue) is left.
         assert_eq!(backend.list(None).unwrap().len(), 1);
+    }
+
+    /// A memory backend whose deletes all fail, counted.
+    #[derive(Default)]
+    struct Refusing {
+        inner: MemoryBackend,
+        deletes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl StateBackend for Refusing {
+        fn serialize(
+            &self,
+            at: StateKey<'_>,
+            write_id: statehost_plugin_api::WriteId,
+            value: &str,
+        ) -> Result<statehost_plugin_api::Serialized, statehost_plugin_api::BackendError> {
+            self.inner.serialize(at, write_id, value)
+        }
+        fn deserialize(
+            &self,
+            reference: &str,
+            owner: Option<StateKey<'_>>,
+        ) -> Result<String, statehost_plugin_api::BackendError> {
+            self.inner.deserialize(reference, owner)
+        }
+        fn delete_object(
+            &self,
+            _reference: &str,
+            _owner: Option<StateKey<'_>>,
+        ) -> Result<bool, statehost_plugin_api::BackendError> {
+            self.deletes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(statehost_plugin_api::BackendError::unavailable("refused"))
+        }
+        fn delete(&self, at: StateKey<'_>) -> Result<(), statehost_plugin_api::BackendError> {
+            self.inner.delete(at)
+        }
+        fn clear(
+            &self,
+            scope: statehost_plugin_api::ScopeRef<'_>,
+            all_map_indices: bool,
+        ) -> Result<(), statehost_plugin_api::BackendError> {
+            self.inner.clear(scope, all_map_indices)
+        }
+    }
+
+    #[test]
+    fn a_stopping_reaper_tries_each_delete_once() {
+        let backend = Arc::new(Refusing::default());
+        let calls = Arc::new(Calls::new(
+            "refusing",
+            Arc::new(InProcess::new(backend.clone(), Capabilities::LIST)),
+            Limits::default(),
+        ));
+        let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_secs(3600), 4);
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        let at = StateKey::task(&scope, "k");
+        let reference = match backend
+            .serialize(at, statehost_plugin_api::WriteId::from_parts(1, 1), "1")
+            .unwrap()
+        {
+            statehost_plugin_api::Serialized::Reference(r) => r,
+            _ => unreachable!(),
+        };
+        assert!(reaper.schedule(&reference, Some(at)));
+        drop(reaper);
+        // Tried once and left to gc, not retried back to back.
+        assert_eq!(backend.deletes.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

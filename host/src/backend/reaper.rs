@@ -122,18 +122,19 @@ impl Reaper {
         }
     }
 
-    /// Whether the thread was started by another process: this is a
-    /// forked child, which has none of it.
-    fn forked(&self) -> bool {
-        let pid = self.thread_pid.load(Ordering::Acquire);
-        pid != 0 && pid != std::process::id()
+    /// Whether the thread was started by another process than `pid`'s:
+    /// this is a forked child, which has none of it.
+    fn forked(&self, pid: u32) -> bool {
+        let started_by = self.thread_pid.load(Ordering::Acquire);
+        started_by != 0 && started_by != pid
     }
 
     /// Queues the object at `reference` for deletion after the delay.
     /// `false` when the queue is full: delete it now instead.
     /// (The arguments are copied only once there is room for them.)
     pub fn schedule(&self, reference: &str, owner: Option<StateKey<'_>>) -> bool {
-        if self.forked() || !self.started() {
+        // Every replacing write comes here: the id from memory.
+        if self.forked(crate::process::id()) || !self.started() {
             return false;
         }
         let mut queue = self.shared.lock();
@@ -181,6 +182,11 @@ impl Reaper {
 
     /// Starts the thread on first use; `false` if it cannot start.
     fn started(&self) -> bool {
+        // Started by this process (its id is stored once the thread is):
+        // every later write gets here without a lock.
+        if self.thread_pid.load(Ordering::Acquire) == crate::process::id() {
+            return true;
+        }
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
         if thread.is_some() {
             return true;
@@ -312,7 +318,9 @@ impl Drop for Reaper {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(handle) = thread {
-            if self.forked() {
+            // (Asked of the kernel: this must hold in any child, however
+            // it was made.)
+            if self.forked(std::process::id()) {
                 // The parent's thread: not this process's to stop or join.
                 std::mem::forget(handle);
                 return;

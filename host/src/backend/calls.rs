@@ -223,12 +223,23 @@ impl std::fmt::Debug for Calls {
     }
 }
 
-/// Gives the in-flight slot back when the call really ends.
-struct InFlight(Arc<AtomicUsize>);
+/// Gives the in-flight slot back when the call really ends: a call on a
+/// pool thread owns the counter (it may outlive its caller); one on the
+/// caller's thread borrows it, and spares two atomic operations a call.
+struct InFlight<C: std::ops::Deref<Target = AtomicUsize>>(C);
 
-impl Drop for InFlight {
+impl<C: std::ops::Deref<Target = AtomicUsize>> Drop for InFlight<C> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InFlight<&AtomicUsize> {
+    /// The same slot, held by a job that may outlive its caller.
+    fn outliving(self, counter: &Arc<AtomicUsize>) -> InFlight<Arc<AtomicUsize>> {
+        debug_assert!(std::ptr::eq(self.0, &**counter));
+        std::mem::forget(self);
+        InFlight(counter.clone())
     }
 }
 
@@ -275,7 +286,8 @@ impl Calls {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    fn acquire(&self, op: &str) -> Result<InFlight, BackendError> {
+    /// Takes an in-flight slot, or refuses the call at the cap.
+    fn acquire(&self, op: &str) -> Result<InFlight<&AtomicUsize>, BackendError> {
         let max = self.limits.max_in_flight;
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
@@ -284,7 +296,7 @@ impl Calls {
                     "{n} calls to the backend are in flight, the most [workers] state_backend_max_in_flight = {max} allows (the backend is slow or hung); {op} was not started, try again later"
                 ))
             })?;
-        Ok(InFlight(self.in_flight.clone()))
+        Ok(InFlight(&self.in_flight))
     }
 
     /// Runs `job` on the backend under the limits. If the caller stops
@@ -341,6 +353,7 @@ impl Calls {
             drop(slot_guard);
             return result;
         };
+        let slot_guard = slot_guard.outliving(&self.in_flight);
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState::Waiting),
             ready: Condvar::new(),

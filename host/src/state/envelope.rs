@@ -82,7 +82,7 @@ pub enum Stored<'a> {
 /// The contents of a JSON string literal that has no escapes, borrowed.
 fn plain_string(literal: &str) -> Option<&str> {
     let inner = literal.strip_prefix('"')?.strip_suffix('"')?;
-    super::value::needs_no_escape(inner.as_bytes()).then_some(inner)
+    super::escape::needs_no_escape(inner.as_bytes()).then_some(inner)
 }
 
 /// Reads a row's text. `Err` describes a corrupt row: not JSON, or an

@@ -36,15 +36,17 @@ use crate::store::{Fence, MetadataStore, Row, RowOwner};
 
 mod asset;
 pub mod envelope;
+mod escape;
 mod gc;
 mod legacy;
 mod task;
 mod value;
 
 pub use asset::{AssetState, AssetStates};
+pub use escape::needs_no_escape;
 pub use gc::GcReport;
 pub use task::{MAX_RETENTION, MAX_RETENTION_DAYS, Retention, TaskState};
-pub use value::{MAX_JSON_DEPTH, needs_no_escape, parse_value};
+pub use value::{MAX_JSON_DEPTH, parse_value};
 
 use envelope::Stored;
 

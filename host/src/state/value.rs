@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::escape::needs_no_escape;
 use crate::error::{Error, Result};
 
 /// How deep arrays and objects may nest: the JSON parser stops there (a
@@ -35,29 +36,6 @@ pub fn parse_value(text: &str) -> Result<Value> {
             format!("the value is not JSON ({e}); quote strings as JSON, e.g. '\"text\"'")
         },
     })
-}
-
-/// Whether `bytes` can stand between the quotes of a JSON string as they
-/// are: no quote, backslash or control character. Checked 64 bytes at a
-/// time without a branch per byte: whether each byte needs escaping is
-/// OR-ed into one byte, which the compiler turns into a few vector
-/// instructions per 16 bytes. (A byte-by-byte scan cost more than the rest
-/// of a small value's set; blocks of a fixed size need no tail handling
-/// inside the loop, which halved the instructions of a fold over `chunks`.)
-pub fn needs_no_escape(bytes: &[u8]) -> bool {
-    #[inline(always)]
-    fn escapes(block: &[u8]) -> u8 {
-        block.iter().fold(0, |any, &b| {
-            any | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
-        })
-    }
-    let mut blocks = bytes.chunks_exact(64);
-    for block in &mut blocks {
-        if escapes(block) != 0 {
-            return false;
-        }
-    }
-    escapes(blocks.remainder()) == 0
 }
 
 /// A value's JSON text, as serde_json writes it; a string that needs no
@@ -177,35 +155,8 @@ mod tests {
         }
     }
 
-    /// Every byte value at every place of texts up to three blocks and a
-    /// tail long: the block check answers as a byte-by-byte one does.
-    #[test]
-    fn every_byte_in_every_place_is_judged_as_one_at_a_time() {
-        let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-        for len in [1, 15, 16, 63, 64, 65, 127, 128, 200] {
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    let mut text = vec![b'a'; len];
-                    text[at] = byte;
-                    assert_eq!(
-                        needs_no_escape(&text),
-                        !needs_escape(byte),
-                        "byte {byte:#04x} at {at} of {len}"
-                    );
-                }
-            }
-        }
-        assert!(needs_no_escape(b""));
-    }
-
     #[test]
     fn the_fast_paths_refuse_what_needs_escaping() {
-        for bytes in [&b"a\"b"[..], b"a\\b", b"a\nb", b"\x1f", b"\x00"] {
-            assert!(!needs_no_escape(bytes), "{bytes:?}");
-        }
-        let long = "x".repeat(200) + "\"";
-        assert!(!needs_no_escape(long.as_bytes()));
-        assert!(needs_no_escape("é 🦀 ~\x7f".as_bytes()));
         assert_eq!(
             parse_backend_json(b"\"\xff\""),
             Err("it returned bytes that are not UTF-8".to_string())

@@ -21,9 +21,9 @@ pub fn needs_no_escape(bytes: &[u8]) -> bool {
 /// [`needs_no_escape`] of 32 bytes or more.
 fn long(bytes: &[u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, as just checked, and `bytes` is long
-        // enough.
+    if bytes.len() >= 32 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 and `bytes` is long enough, as just
+        // checked.
         return unsafe { avx2::needs_no_escape(bytes) };
     }
     portable(bytes)
@@ -113,33 +113,47 @@ mod tests {
         u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
     }
 
+    /// Every check this CPU can run on `text`.
+    fn every_check(text: &[u8]) -> Vec<(&'static str, bool)> {
+        let mut answers = vec![
+            ("needs_no_escape", needs_no_escape(text)),
+            ("portable", portable(text)),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if text.len() >= 32 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 and the text is long enough.
+            answers.push(("avx2", unsafe { avx2::needs_no_escape(text) }));
+        }
+        answers
+    }
+
     /// Every byte value at every place of texts of lengths around each
-    /// step of both checks: each answers as a byte-by-byte check does.
+    /// step of the checks, at two alignments, between quotes that a read
+    /// past either end would find: each check answers as a byte-by-byte
+    /// one does.
     #[test]
     fn every_byte_in_every_place_is_judged_as_one_at_a_time() {
-        let one_at_a_time = |text: &[u8]| text.iter().all(|&b| escapes(b) == 0);
         let lengths = [
             1, 15, 16, 31, 32, 33, 63, 64, 65, 95, 96, 127, 128, 129, 160, 200, 255, 256, 257,
         ];
-        for len in lengths {
-            let mut text = vec![b'a'; len];
-            for at in 0..len {
-                for byte in 0..=255u8 {
-                    text[at] = byte;
-                    let expected = one_at_a_time(&text);
-                    assert_eq!(expected, escapes(byte) == 0);
-                    assert_eq!(
-                        needs_no_escape(&text),
-                        expected,
-                        "byte {byte:#04x} at {at} of {len}"
-                    );
-                    assert_eq!(
-                        portable(&text),
-                        expected,
-                        "portable: {byte:#04x} at {at} of {len}"
-                    );
+        for offset in [1, 32] {
+            for len in lengths {
+                let mut buffer = vec![b'"'; offset + len + 64];
+                buffer[offset..offset + len].fill(b'a');
+                for at in 0..len {
+                    for byte in 0..=255u8 {
+                        buffer[offset + at] = byte;
+                        let text = &buffer[offset..offset + len];
+                        let expected = escapes(byte) == 0;
+                        for (check, answer) in every_check(text) {
+                            assert_eq!(
+                                answer, expected,
+                                "{check}: byte {byte:#04x} at {at} of {len} (offset {offset})"
+                            );
+                        }
+                    }
+                    buffer[offset + at] = b'a';
                 }
-                text[at] = b'a';
             }
         }
         assert!(needs_no_escape(b""));

@@ -1,10 +1,11 @@
-//! This process's id without a system call, for the reaper, which asks on
-//! every replacing write whether it runs in a forked child of the process
-//! that started its thread (a child has none of it), and `getpid` is a
-//! system call each time (BENCHMARKS.md, "Eighth pass", measures it). The
-//! id is read once and again in each child, by a handler `pthread_atfork`
-//! runs in the child before `fork` returns there (Python's `os.fork`
-//! included).
+//! This process's identity without a system call, for the reaper, which
+//! asks on every replacing write whether it runs in a forked child of the
+//! process that started its thread (a child has none of it), and `getpid`
+//! is a system call each time (BENCHMARKS.md, "Eighth pass", measures it).
+//! The identity is the id and a count of forks: read once, and again in
+//! each child by a handler `pthread_atfork` runs there before `fork`
+//! returns (Python's `os.fork` included). The count tells a child apart
+//! from an ancestor that had the same id.
 //!
 //! A child made without the C library's `fork` (`_Fork`, `vfork`, a raw
 //! `fork` or `clone` system call) runs no handler and reads its parent's
@@ -14,56 +15,90 @@
 //! (dropping or flushing the reaper, the call pool, loading a plugin) ask
 //! the kernel.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// The id, once known (0: not yet).
-static PID: AtomicU32 = AtomicU32::new(0);
+/// This process: how many forks by the C library made it from the
+/// process that first asked (the high half) and its id (the low half);
+/// 0 until first asked. The count tells a process from an earlier one
+/// whose id the kernel gave out again.
+static ME: AtomicU64 = AtomicU64::new(0);
 /// Whether a thread has started registering the handler.
 static REGISTERING: AtomicBool = AtomicBool::new(false);
 
+const ID_BITS: u64 = 0xffff_ffff;
+
 extern "C" fn in_forked_child() {
     // SAFETY: getpid is async-signal-safe, as a child of a multithreaded
-    // process needs; so is an atomic store.
-    let pid = unsafe { libc::getpid() };
-    PID.store(pid as u32, Ordering::Release);
+    // process needs; so are atomic loads and stores.
+    let pid = unsafe { libc::getpid() } as u32;
+    let forks = (ME.load(Ordering::Acquire) >> 32) + 1;
+    ME.store((forks << 32) | u64::from(pid), Ordering::Release);
 }
 
 /// What [`std::process::id`] returns, from memory once the fork handler is
 /// in place.
+#[cfg(test)]
 pub(crate) fn id() -> u32 {
-    let pid = PID.load(Ordering::Acquire);
-    if pid != 0 {
-        return pid;
+    (identity() & ID_BITS) as u32
+}
+
+/// This process, from memory once the fork handler is in place: unequal in
+/// every child made by the C library's `fork`, even one that the kernel
+/// gave the id of an ancestor that has exited.
+pub(crate) fn identity() -> u64 {
+    let me = ME.load(Ordering::Acquire);
+    if me != 0 {
+        return me;
     }
     if !REGISTERING.swap(true, Ordering::AcqRel) {
         // SAFETY: the handler only stores getpid's answer.
         let registered = unsafe { libc::pthread_atfork(None, None, Some(in_forked_child)) } == 0;
         if registered {
-            // (A child forked before this store has its own id from the
-            // handler; one forked before the handler was in place keeps
-            // asking the kernel, and is right too.)
-            let _ =
-                PID.compare_exchange(0, std::process::id(), Ordering::AcqRel, Ordering::Acquire);
+            // (A child forked before this store has its own identity from
+            // the handler; one forked before the handler was in place
+            // keeps asking the kernel, and is right too.)
+            let _ = ME.compare_exchange(
+                0,
+                u64::from(std::process::id()),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
-    std::process::id()
+    kernel_identity()
+}
+
+/// [`identity`] with the id asked of the kernel: unequal to its parent's
+/// also in a child made without the C library's `fork`.
+pub(crate) fn kernel_identity() -> u64 {
+    (ME.load(Ordering::Acquire) & !ID_BITS) | u64::from(std::process::id())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::id;
+    use super::{id, identity, kernel_identity};
 
     #[test]
     fn the_id_is_the_kernels_in_this_process_and_in_a_forked_child() {
         let parent = id();
         assert_eq!(parent, std::process::id());
         assert_eq!(id(), parent, "read from memory the second time");
+        let parent_identity = identity();
+        assert_eq!(kernel_identity(), parent_identity);
         // SAFETY: the child only reads memory, calls getpid and exits.
         let child = unsafe { libc::fork() };
         assert!(child >= 0, "fork failed");
         if child == 0 {
             let own = unsafe { libc::getpid() } as u32;
-            let code = if id() == own && own != parent { 0 } else { 1 };
+            let code = if id() != own || own == parent {
+                1
+            } else if identity() != kernel_identity()
+                || identity() >> 32 != (parent_identity >> 32) + 1
+            {
+                2
+            } else {
+                0
+            };
             unsafe { libc::_exit(code) };
         }
         let mut status = 0;
@@ -73,7 +108,7 @@ mod tests {
         assert_eq!(
             libc::WEXITSTATUS(status),
             0,
-            "the forked child read its parent's id"
+            "1: the forked child read its parent's id; 2: its fork count is not its parent's plus one"
         );
     }
 }

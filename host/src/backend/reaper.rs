@@ -20,8 +20,8 @@
 //! is not there.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,11 +73,31 @@ pub struct Reaper {
     delay: Duration,
     capacity: usize,
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    /// The process that started the thread (0: not started). Read before
-    /// any lock: in a forked child a lock may be held by a thread that is
-    /// not there.
-    thread_pid: AtomicU32,
+    thread: OnceLock<JoinHandle<()>>,
+    /// The process ([`crate::process::identity`]) that claimed the thread
+    /// (0: none yet). Stored before the thread is spawned and read before
+    /// anything else, so that a child forked at any moment knows the thread
+    /// is not its own and never waits for a lock a thread that is not there
+    /// may hold.
+    owner: AtomicU64,
+    /// Whether the owner's thread runs (set once it does).
+    running: AtomicBool,
+    /// Called at each step of starting the thread (tests fork there).
+    #[cfg(test)]
+    spawn_hook: OnceLock<SpawnHook>,
+}
+
+#[cfg(test)]
+type SpawnHook = Box<dyn Fn(&Reaper, SpawnStep) + Send + Sync>;
+
+/// The steps of starting the reaper's thread, for tests that fork there.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SpawnStep {
+    /// This process has claimed the thread; not spawned yet.
+    Claimed,
+    /// Spawned; not yet marked running.
+    Spawned,
 }
 
 impl std::fmt::Debug for Reaper {
@@ -117,24 +137,32 @@ impl Reaper {
                 wake: Condvar::new(),
                 done: Condvar::new(),
             }),
-            thread: Mutex::new(None),
-            thread_pid: AtomicU32::new(0),
+            thread: OnceLock::new(),
+            owner: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            #[cfg(test)]
+            spawn_hook: OnceLock::new(),
         }
     }
 
-    /// Whether the thread was started by another process than `pid`'s:
-    /// this is a forked child, which has none of it.
-    fn forked(&self, pid: u32) -> bool {
-        let started_by = self.thread_pid.load(Ordering::Acquire);
-        started_by != 0 && started_by != pid
+    #[cfg(test)]
+    fn spawn_step(&self, step: SpawnStep) {
+        if let Some(hook) = self.spawn_hook.get() {
+            hook(self, step);
+        }
+    }
+
+    /// Whether this process claimed the thread. Asked of the kernel: this
+    /// must hold in any child, however it was made.
+    fn owns_thread(&self) -> bool {
+        self.owner.load(Ordering::Acquire) == crate::process::kernel_identity()
     }
 
     /// Queues the object at `reference` for deletion after the delay.
     /// `false` when the queue is full: delete it now instead.
     /// (The arguments are copied only once there is room for them.)
     pub fn schedule(&self, reference: &str, owner: Option<StateKey<'_>>) -> bool {
-        // Every replacing write comes here: the id from memory.
-        if self.forked(crate::process::id()) || !self.started() {
+        if !self.started() {
             return false;
         }
         let mut queue = self.shared.lock();
@@ -158,8 +186,9 @@ impl Reaper {
 
     /// Deletes everything queued now and waits until it is done.
     pub fn flush(&self) {
-        // Not started, or started in the parent of this forked child.
-        if self.thread_pid.load(Ordering::Acquire) != std::process::id() {
+        // Not started (nothing is queued), or started in the parent of
+        // this forked child.
+        if !self.owns_thread() || !self.running.load(Ordering::Acquire) {
             return;
         }
         let mut queue = self.shared.lock();
@@ -180,29 +209,45 @@ impl Reaper {
         self.shared.lock().pending
     }
 
-    /// Starts the thread on first use; `false` if it cannot start.
+    /// Whether the thread runs, started on first use: `false` if it
+    /// cannot start, is being started by another thread, or is the parent's
+    /// of this forked child (which has none of it).
     fn started(&self) -> bool {
-        // Started by this process (its id is stored once the thread is):
-        // every later write gets here without a lock.
-        if self.thread_pid.load(Ordering::Acquire) == crate::process::id() {
-            return true;
+        // Every replacing write comes here: the identity from memory, and
+        // no lock once the thread runs.
+        let me = crate::process::identity();
+        match self.owner.load(Ordering::Acquire) {
+            owner if owner == me => return self.running.load(Ordering::Acquire),
+            0 => {}
+            _ => return false,
         }
-        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if thread.is_some() {
-            return true;
+        if self
+            .owner
+            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another thread of this process is starting it.
+            return false;
         }
+        #[cfg(test)]
+        self.spawn_step(SpawnStep::Claimed);
         let (calls, sync, shared) = (self.calls.clone(), self.sync.clone(), self.shared.clone());
         match std::thread::Builder::new()
             .name("statehost-reaper".into())
             .spawn(move || run(&calls, &sync, &shared))
         {
             Ok(handle) => {
-                *thread = Some(handle);
-                self.thread_pid.store(std::process::id(), Ordering::Release);
+                // Set once: only the claim's winner gets here, once.
+                let _ = self.thread.set(handle);
+                #[cfg(test)]
+                self.spawn_step(SpawnStep::Spawned);
+                self.running.store(true, Ordering::Release);
                 true
             }
             Err(e) => {
                 log::warn!("cannot start the thread that deletes replaced objects: {e}");
+                // The next write tries again.
+                self.owner.store(0, Ordering::Release);
                 false
             }
         }
@@ -312,15 +357,8 @@ fn reap(
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        let thread = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = thread {
-            // (Asked of the kernel: this must hold in any child, however
-            // it was made.)
-            if self.forked(std::process::id()) {
+        if let Some(handle) = self.thread.take() {
+            if !self.owns_thread() {
                 // The parent's thread: not this process's to stop or join.
                 std::mem::forget(handle);
                 return;
@@ -426,6 +464,69 @@ mod tests {
             all_map_indices: bool,
         ) -> Result<(), statehost_plugin_api::BackendError> {
             self.inner.clear(scope, all_map_indices)
+        }
+    }
+
+    /// A child forked at any step of starting the thread neither blocks
+    /// nor queues (its writes delete at once), and would not join the
+    /// parent's thread when dropped.
+    #[test]
+    fn a_child_forked_while_the_thread_starts_deletes_at_once() {
+        for step in [SpawnStep::Claimed, SpawnStep::Spawned] {
+            let backend = Arc::new(MemoryBackend::new());
+            let calls = Arc::new(Calls::new(
+                "memory",
+                Arc::new(InProcess::new(backend, Capabilities::LIST)),
+                Limits::default(),
+            ));
+            let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_secs(3600), 8);
+            let children = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let forked = children.clone();
+            let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+            let _ = reaper.spawn_hook.set(Box::new(move |reaper, at| {
+                if at != step {
+                    return;
+                }
+                // SAFETY: the child calls only what must be safe in a
+                // forked child of a threaded process (atomics, a signal
+                // timer, _exit), or blocks, and the timer ends it.
+                let child = unsafe { libc::fork() };
+                assert!(child >= 0, "fork failed");
+                if child == 0 {
+                    unsafe { libc::alarm(10) };
+                    let code = if reaper.schedule("r", Some(StateKey::task(&scope, "k"))) {
+                        2
+                    } else if reaper.owns_thread() {
+                        3
+                    } else {
+                        reaper.flush();
+                        0
+                    };
+                    unsafe { libc::_exit(code) };
+                }
+                forked.lock().unwrap().push(child);
+            }));
+            let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+            // The parent's first replacing write starts the thread.
+            assert!(reaper.schedule("r", Some(StateKey::task(&scope, "k"))));
+            let children = std::mem::take(&mut *children.lock().unwrap());
+            assert_eq!(children.len(), 1, "{step:?}: the hook did not fork");
+            let mut status = 0;
+            // SAFETY: waits for the child forked above.
+            assert_eq!(
+                unsafe { libc::waitpid(children[0], &mut status, 0) },
+                children[0]
+            );
+            assert!(
+                libc::WIFEXITED(status),
+                "{step:?}: the child hung and was killed (status {status})"
+            );
+            assert_eq!(
+                libc::WEXITSTATUS(status),
+                0,
+                "{step:?}: 2 = the child queued, 3 = it would join the parent's thread"
+            );
+            assert!(reaper.owns_thread());
         }
     }
 

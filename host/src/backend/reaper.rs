@@ -17,7 +17,11 @@
 //! neither queues (a write deletes what it replaced at once) nor flushes
 //! nor joins (the parent's thread deletes what the parent queued), so
 //! dropping the parent's host in the child does not wait for a thread that
-//! is not there.
+//! is not there. The thread is claimed before it is spawned, so a child
+//! forked by another thread at any moment of the start knows this too.
+//!
+//! If the thread panics, the reaper stops: writes delete what they replaced
+//! at once, flushes return, and what was queued is left to gc.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -221,10 +225,15 @@ impl Reaper {
             0 => {}
             _ => return false,
         }
-        if self
-            .owner
-            .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+        // Claimed as the kernel knows this process, as `flush` and `drop`
+        // check it: a child made without the C library's `fork` reads its
+        // parent's identity from memory, and must then neither start a
+        // thread its flush and drop would not own, nor queue for it.
+        if me != crate::process::kernel_identity()
+            || self
+                .owner
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
         {
             // Another thread of this process is starting it.
             return false;
@@ -257,6 +266,18 @@ impl Reaper {
 /// The reaper's thread: sleeps until the first object is due (or a flush),
 /// then deletes what is due.
 fn run(calls: &Arc<Calls>, sync: &SyncFn, shared: &Shared) {
+    /// If the thread panics, the reaper stops: writes delete at once, and
+    /// flushes stop waiting (what is queued is left to gc).
+    struct Died<'a>(&'a Shared);
+    impl Drop for Died<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                self.0.lock().stopping = true;
+                self.0.done.notify_all();
+            }
+        }
+    }
+    let _died = Died(shared);
     let mut queue = shared.lock();
     loop {
         let flushing = queue.flushes_asked > queue.flushes_done;
@@ -505,6 +526,13 @@ mod tests {
                     unsafe { libc::_exit(code) };
                 }
                 forked.lock().unwrap().push(child);
+                // Meanwhile in the parent, whose thread does not run yet:
+                // a write deletes at once, a flush has nothing to wait for.
+                assert!(
+                    !reaper.schedule("r", Some(StateKey::task(&scope, "k"))),
+                    "{step:?}: queued for a thread that does not run yet"
+                );
+                reaper.flush();
             }));
             let scope = TaskScope::new("d", "r", "t", -1).unwrap();
             // The parent's first replacing write starts the thread.
@@ -528,6 +556,85 @@ mod tests {
             );
             assert!(reaper.owns_thread());
         }
+    }
+
+    /// A child made by a raw system call reads its parent's identity from
+    /// memory (no fork handler ran): it must not start a thread that its
+    /// flush and drop, which ask the kernel, would take for another's.
+    #[test]
+    fn a_child_made_without_the_c_librarys_fork_deletes_at_once() {
+        let backend = Arc::new(MemoryBackend::new());
+        let calls = Arc::new(Calls::new(
+            "memory",
+            Arc::new(InProcess::new(backend, Capabilities::LIST)),
+            Limits::default(),
+        ));
+        let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_secs(3600), 8);
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        // The identity is cached in the parent before the child is made.
+        let _ = crate::process::identity();
+        // SAFETY: a fork by the clone system call (no handlers run); the
+        // child calls atomics, getpid and _exit, or blocks until the timer
+        // ends it.
+        let child = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD, 0, 0, 0, 0) } as i32;
+        assert!(child >= 0, "clone failed");
+        if child == 0 {
+            unsafe { libc::alarm(10) };
+            let code = if reaper.schedule("r", Some(StateKey::task(&scope, "k"))) {
+                2
+            } else if reaper.owns_thread() {
+                3
+            } else {
+                0
+            };
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child made above.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status), "the child hung (status {status})");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "2 = the child queued for a thread it does not own, 3 = it owns one"
+        );
+        // The parent is not affected.
+        assert!(reaper.schedule("r", Some(StateKey::task(&scope, "k"))));
+        assert!(reaper.owns_thread());
+    }
+
+    /// If the thread dies, writes delete at once and a flush returns.
+    #[test]
+    fn a_reaper_whose_thread_panicked_refuses_work_and_flushes() {
+        let backend = Arc::new(MemoryBackend::new());
+        let calls = Arc::new(Calls::new(
+            "memory",
+            Arc::new(InProcess::new(backend, Capabilities::LIST)),
+            Limits::default(),
+        ));
+        let reaper = Arc::new(Reaper::new(
+            calls,
+            Box::new(|| panic!("a sync that panics")),
+            Duration::from_secs(3600),
+            8,
+        ));
+        let scope = TaskScope::new("d", "r", "t", -1).unwrap();
+        assert!(reaper.schedule("r", Some(StateKey::task(&scope, "k"))));
+        // The flush runs the batch, whose sync panics on the thread.
+        let (done, flushed) = std::sync::mpsc::channel();
+        let flusher = reaper.clone();
+        std::thread::spawn(move || {
+            flusher.flush();
+            let _ = done.send(());
+        });
+        assert!(
+            flushed.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the flush waits for a thread that died"
+        );
+        assert!(
+            !reaper.schedule("r", Some(StateKey::task(&scope, "k"))),
+            "queued for a thread that died"
+        );
     }
 
     #[test]

@@ -74,9 +74,24 @@ pub(crate) fn kernel_identity() -> u64 {
     (ME.load(Ordering::Acquire) & !ID_BITS) | u64::from(std::process::id())
 }
 
+/// Waits for the child `child` of this process and answers its exit code;
+/// fails the test if it did not exit (a signal, such as the timer of a
+/// child that hung, ended it).
+#[cfg(test)]
+pub(crate) fn exit_code(child: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for a child of this process.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(
+        libc::WIFEXITED(status),
+        "the child did not exit (it hung, or a signal ended it): status {status}"
+    );
+    libc::WEXITSTATUS(status)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{id, identity, kernel_identity};
+    use super::{exit_code, id, identity, kernel_identity};
 
     #[test]
     fn the_id_is_the_kernels_in_this_process_and_in_a_forked_child() {
@@ -101,12 +116,8 @@ mod tests {
             };
             unsafe { libc::_exit(code) };
         }
-        let mut status = 0;
-        // SAFETY: waits for the child forked above.
-        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
-        assert!(libc::WIFEXITED(status), "the child did not exit: {status}");
         assert_eq!(
-            libc::WEXITSTATUS(status),
+            exit_code(child),
             0,
             "1: the forked child read its parent's id; 2: its fork count is not its parent's plus one"
         );

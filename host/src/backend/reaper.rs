@@ -402,11 +402,7 @@ mod tests {
     #[test]
     fn replaced_objects_go_after_the_delay_or_at_a_flush() {
         let backend = Arc::new(MemoryBackend::new());
-        let calls = Arc::new(Calls::new(
-            "memory",
-            Arc::new(InProcess::new(backend.clone(), Capabilities::LIST)),
-            Limits::default(),
-        ));
+        let calls = memory_calls(backend.clone());
         let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_millis(200), 2);
         // A flush with nothing queued returns (before and after the thread
         // started).
@@ -442,6 +438,14 @@ mod tests {
         }
         // Only "c" (refused by the full queue) is left.
         assert_eq!(backend.list(None).unwrap().len(), 1);
+    }
+
+    fn memory_calls(backend: Arc<MemoryBackend>) -> Arc<Calls> {
+        Arc::new(Calls::new(
+            "memory",
+            Arc::new(InProcess::new(backend, Capabilities::LIST)),
+            Limits::default(),
+        ))
     }
 
     /// A memory backend whose deletes all fail, counted.
@@ -494,12 +498,7 @@ mod tests {
     #[test]
     fn a_child_forked_while_the_thread_starts_deletes_at_once() {
         for step in [SpawnStep::Claimed, SpawnStep::Spawned] {
-            let backend = Arc::new(MemoryBackend::new());
-            let calls = Arc::new(Calls::new(
-                "memory",
-                Arc::new(InProcess::new(backend, Capabilities::LIST)),
-                Limits::default(),
-            ));
+            let calls = memory_calls(Arc::new(MemoryBackend::new()));
             let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_secs(3600), 8);
             let children = Arc::new(std::sync::Mutex::new(Vec::new()));
             let forked = children.clone();
@@ -539,18 +538,8 @@ mod tests {
             assert!(reaper.schedule("r", Some(StateKey::task(&scope, "k"))));
             let children = std::mem::take(&mut *children.lock().unwrap());
             assert_eq!(children.len(), 1, "{step:?}: the hook did not fork");
-            let mut status = 0;
-            // SAFETY: waits for the child forked above.
             assert_eq!(
-                unsafe { libc::waitpid(children[0], &mut status, 0) },
-                children[0]
-            );
-            assert!(
-                libc::WIFEXITED(status),
-                "{step:?}: the child hung and was killed (status {status})"
-            );
-            assert_eq!(
-                libc::WEXITSTATUS(status),
+                crate::process::exit_code(children[0]),
                 0,
                 "{step:?}: 2 = the child queued, 3 = it would join the parent's thread"
             );
@@ -563,12 +552,7 @@ mod tests {
     /// flush and drop, which ask the kernel, would take for another's.
     #[test]
     fn a_child_made_without_the_c_librarys_fork_deletes_at_once() {
-        let backend = Arc::new(MemoryBackend::new());
-        let calls = Arc::new(Calls::new(
-            "memory",
-            Arc::new(InProcess::new(backend, Capabilities::LIST)),
-            Limits::default(),
-        ));
+        let calls = memory_calls(Arc::new(MemoryBackend::new()));
         let reaper = Reaper::new(calls, Box::new(|| Ok(())), Duration::from_secs(3600), 8);
         let scope = TaskScope::new("d", "r", "t", -1).unwrap();
         // The identity is cached in the parent before the child is made.
@@ -589,12 +573,8 @@ mod tests {
             };
             unsafe { libc::_exit(code) };
         }
-        let mut status = 0;
-        // SAFETY: waits for the child made above.
-        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
-        assert!(libc::WIFEXITED(status), "the child hung (status {status})");
         assert_eq!(
-            libc::WEXITSTATUS(status),
+            crate::process::exit_code(child),
             0,
             "2 = the child queued for a thread it does not own, 3 = it owns one"
         );
@@ -606,12 +586,7 @@ mod tests {
     /// If the thread dies, writes delete at once and a flush returns.
     #[test]
     fn a_reaper_whose_thread_panicked_refuses_work_and_flushes() {
-        let backend = Arc::new(MemoryBackend::new());
-        let calls = Arc::new(Calls::new(
-            "memory",
-            Arc::new(InProcess::new(backend, Capabilities::LIST)),
-            Limits::default(),
-        ));
+        let calls = memory_calls(Arc::new(MemoryBackend::new()));
         let reaper = Arc::new(Reaper::new(
             calls,
             Box::new(|| panic!("a sync that panics")),

@@ -124,9 +124,29 @@ impl<'a> From<ScopeRef<'a>> for AbiScope<'a> {
 impl<'a> AbiScope<'a> {
     /// The scope the host sent. The host validated it, so it is rebuilt
     /// without copying or checking again.
+    /// Checked apart from [`to_known_scope`](Self::to_known_scope), so that
+    /// the scope is written once where it goes: built inside a `Result` and
+    /// moved out, it was copied through the stack with loads wider than the
+    /// stores that had just filled it (a stall that cost more than the rest
+    /// of the conversion).
+    #[inline]
+    fn check(&self) -> Result<(), BackendError> {
+        match self.kind {
+            TASK | ASSET_NAME | ASSET_URI => Ok(()),
+            other => Err(unknown_scope_kind(other)),
+        }
+    }
+
     #[inline]
     fn to_scope(self) -> Result<ScopeRef<'a>, BackendError> {
-        Ok(match self.kind {
+        self.check()?;
+        Ok(self.to_known_scope())
+    }
+
+    /// The scope of a kind known to be one of the three.
+    #[inline]
+    fn to_known_scope(self) -> ScopeRef<'a> {
+        match self.kind {
             TASK => ScopeRef::Task(TaskRef::trusted(
                 self.first.as_str(),
                 self.run_id.as_str(),
@@ -134,9 +154,8 @@ impl<'a> AbiScope<'a> {
                 self.map_index,
             )),
             ASSET_NAME => ScopeRef::Asset(AssetIdentity::Name(self.first.as_str())),
-            ASSET_URI => ScopeRef::Asset(AssetIdentity::Uri(self.first.as_str())),
-            other => return Err(unknown_scope_kind(other)),
-        })
+            _ => ScopeRef::Asset(AssetIdentity::Uri(self.first.as_str())),
+        }
     }
 }
 
@@ -199,14 +218,24 @@ impl<'a> From<StateKey<'a>> for AbiOwner<'a> {
     }
 }
 
+/// The owner's scope checked (see [`AbiScope::check`]).
 #[inline]
-fn owner(owner: ROption<AbiOwner<'_>>) -> Result<Option<StateKey<'_>>, BackendError> {
+fn check_owner(owner: &ROption<AbiOwner<'_>>) -> Result<(), BackendError> {
     match owner {
-        ROption::RSome(o) => Ok(Some(StateKey {
-            scope: o.scope.to_scope()?,
+        ROption::RSome(o) => o.scope.check(),
+        ROption::RNone => Ok(()),
+    }
+}
+
+/// The owner, once [`check_owner`] passed.
+#[inline]
+fn checked_owner(owner: ROption<AbiOwner<'_>>) -> Option<StateKey<'_>> {
+    match owner {
+        ROption::RSome(o) => Some(StateKey {
+            scope: o.scope.to_known_scope(),
             key: o.key.as_str(),
-        })),
-        ROption::RNone => Ok(None),
+        }),
+        ROption::RNone => None,
     }
 }
 
@@ -485,8 +514,9 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         value: RStr<'_>,
     ) -> RResult<ROption<RString>, AbiError> {
         guarded("serialize", || {
+            scope.check()?;
             let at = StateKey {
-                scope: scope.to_scope()?,
+                scope: scope.to_known_scope(),
                 key: key.as_str(),
             };
             Ok(
@@ -508,8 +538,9 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         owner_: ROption<AbiOwner<'_>>,
     ) -> RResult<RString, AbiError> {
         guarded("deserialize", || {
+            check_owner(&owner_)?;
             self.0
-                .deserialize(reference.as_str(), owner(owner_)?)
+                .deserialize(reference.as_str(), checked_owner(owner_))
                 .map(RString::from)
         })
     }
@@ -520,7 +551,9 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         owner_: ROption<AbiOwner<'_>>,
     ) -> RResult<bool, AbiError> {
         guarded("delete_object", || {
-            self.0.delete_object(reference.as_str(), owner(owner_)?)
+            check_owner(&owner_)?;
+            self.0
+                .delete_object(reference.as_str(), checked_owner(owner_))
         })
     }
 
@@ -689,4 +722,97 @@ extern "C" fn new_backend<B: BackendPlugin>(
             abi_stable::sabi_trait::TD_Opaque,
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AssetScope, TaskScope};
+
+    /// Answers with what it was given, spelled out.
+    struct Echo;
+
+    impl StateBackend for Echo {
+        fn serialize(
+            &self,
+            at: StateKey<'_>,
+            _write_id: WriteId,
+            _value: &str,
+        ) -> Result<Serialized, BackendError> {
+            Ok(Serialized::Reference(format!("{at:?}")))
+        }
+        fn deserialize(
+            &self,
+            _reference: &str,
+            owner: Option<StateKey<'_>>,
+        ) -> Result<String, BackendError> {
+            Ok(format!("{owner:?}"))
+        }
+        fn delete_object(
+            &self,
+            _reference: &str,
+            owner: Option<StateKey<'_>>,
+        ) -> Result<bool, BackendError> {
+            Ok(owner.is_some())
+        }
+        fn delete(&self, _at: StateKey<'_>) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn clear(&self, _scope: ScopeRef<'_>, _all_map_indices: bool) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    fn ok<T>(answer: RResult<T, AbiError>) -> T {
+        match answer {
+            RResult::ROk(v) => v,
+            RResult::RErr(e) => panic!("{}", e.into_error()),
+        }
+    }
+
+    fn unknown_kind<T>(answer: RResult<T, AbiError>) {
+        match answer {
+            RResult::ROk(_) => panic!("a scope of kind 7 was taken for a known one"),
+            RResult::RErr(e) => {
+                let e = e.into_error();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput);
+                assert!(e.message().contains("unknown scope kind 7"), "{e}");
+            }
+        }
+    }
+
+    /// Every kind of scope crosses as it was sent, in the owner of a read
+    /// or a delete and in the scope of a write; a kind this plugin does not
+    /// know is refused, never read as another.
+    #[test]
+    fn scopes_cross_the_glue_as_sent_and_unknown_kinds_are_refused() {
+        let task = TaskScope::new("dag", "run", "task", 3).unwrap();
+        let named = AssetScope::by_name("orders").unwrap();
+        let located = AssetScope::by_uri("s3://bucket/orders").unwrap();
+        let keys = [
+            StateKey::task(&task, "k1"),
+            StateKey::asset(&named, "k2"),
+            StateKey::asset(&located, "k3"),
+        ];
+        let backend = Exported(Echo);
+        let id = AbiWriteId::from(WriteId::from_parts(1, 1));
+        for at in keys {
+            let read = ok(backend.deserialize("r".into(), ROption::RSome(at.into())));
+            assert_eq!(read.as_str(), format!("{:?}", Some(at)));
+            assert!(ok(
+                backend.delete_object("r".into(), ROption::RSome(at.into()))
+            ));
+            let written = ok(backend.serialize(at.scope.into(), at.key.into(), id, "1".into()));
+            assert_eq!(written.unwrap().as_str(), format!("{at:?}"));
+
+            let mut owner = AbiOwner::from(at);
+            owner.scope.kind = 7;
+            unknown_kind(backend.deserialize("r".into(), ROption::RSome(owner)));
+            unknown_kind(backend.delete_object("r".into(), ROption::RSome(owner)));
+            unknown_kind(backend.serialize(owner.scope, at.key.into(), id, "1".into()));
+        }
+        let none = ok(backend.deserialize("r".into(), ROption::RNone));
+        assert_eq!(none.as_str(), "None");
+        assert!(!ok(backend.delete_object("r".into(), ROption::RNone)));
+    }
 }

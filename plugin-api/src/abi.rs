@@ -121,40 +121,54 @@ impl<'a> From<ScopeRef<'a>> for AbiScope<'a> {
     }
 }
 
+/// A scope kind this plugin knows: what [`AbiScope::kind`] answers, and
+/// what [`AbiScope::to_scope_of`] needs, so a scope is never built from a
+/// kind that was not checked.
+#[derive(Clone, Copy)]
+enum Kind {
+    Task,
+    AssetName,
+    AssetUri,
+}
+
 impl<'a> AbiScope<'a> {
-    /// The scope the host sent. The host validated it, so it is rebuilt
-    /// without copying or checking again.
-    /// Checked apart from [`to_known_scope`](Self::to_known_scope), so that
-    /// the scope is written once where it goes: built inside a `Result` and
-    /// moved out, it was copied through the stack with loads wider than the
-    /// stores that had just filled it (a stall that cost more than the rest
-    /// of the conversion).
+    /// The kind, if this plugin knows it.
+    ///
+    /// Checked apart from building the scope, so that the scope is written
+    /// once where it goes: built inside a `Result` and moved out, it was
+    /// copied through the stack with loads wider than the stores that had
+    /// just filled it (a stall that cost more than the rest of the
+    /// conversion).
     #[inline]
-    fn check(&self) -> Result<(), BackendError> {
+    fn kind(&self) -> Result<Kind, BackendError> {
         match self.kind {
-            TASK | ASSET_NAME | ASSET_URI => Ok(()),
+            TASK => Ok(Kind::Task),
+            ASSET_NAME => Ok(Kind::AssetName),
+            ASSET_URI => Ok(Kind::AssetUri),
             other => Err(unknown_scope_kind(other)),
         }
     }
 
+    /// The scope the host sent. The host validated it, so it is rebuilt
+    /// without copying or checking again.
     #[inline]
     fn to_scope(self) -> Result<ScopeRef<'a>, BackendError> {
-        self.check()?;
-        Ok(self.to_known_scope())
+        let kind = self.kind()?;
+        Ok(self.to_scope_of(kind))
     }
 
-    /// The scope of a kind known to be one of the three.
+    /// The scope, of the kind [`kind`](Self::kind) answered.
     #[inline]
-    fn to_known_scope(self) -> ScopeRef<'a> {
-        match self.kind {
-            TASK => ScopeRef::Task(TaskRef::trusted(
+    fn to_scope_of(self, kind: Kind) -> ScopeRef<'a> {
+        match kind {
+            Kind::Task => ScopeRef::Task(TaskRef::trusted(
                 self.first.as_str(),
                 self.run_id.as_str(),
                 self.task_id.as_str(),
                 self.map_index,
             )),
-            ASSET_NAME => ScopeRef::Asset(AssetIdentity::Name(self.first.as_str())),
-            _ => ScopeRef::Asset(AssetIdentity::Uri(self.first.as_str())),
+            Kind::AssetName => ScopeRef::Asset(AssetIdentity::Name(self.first.as_str())),
+            Kind::AssetUri => ScopeRef::Asset(AssetIdentity::Uri(self.first.as_str())),
         }
     }
 }
@@ -218,24 +232,25 @@ impl<'a> From<StateKey<'a>> for AbiOwner<'a> {
     }
 }
 
-/// The owner's scope checked (see [`AbiScope::check`]).
+/// The kind of the owner's scope, if there is an owner (see
+/// [`AbiScope::kind`]).
 #[inline]
-fn check_owner(owner: &ROption<AbiOwner<'_>>) -> Result<(), BackendError> {
+fn owner_kind(owner: &ROption<AbiOwner<'_>>) -> Result<Option<Kind>, BackendError> {
     match owner {
-        ROption::RSome(o) => o.scope.check(),
-        ROption::RNone => Ok(()),
+        ROption::RSome(o) => o.scope.kind().map(Some),
+        ROption::RNone => Ok(None),
     }
 }
 
-/// The owner, once [`check_owner`] passed.
+/// The owner, with the kind [`owner_kind`] answered for it.
 #[inline]
-fn checked_owner(owner: ROption<AbiOwner<'_>>) -> Option<StateKey<'_>> {
-    match owner {
-        ROption::RSome(o) => Some(StateKey {
-            scope: o.scope.to_known_scope(),
+fn owner_of(owner: ROption<AbiOwner<'_>>, kind: Option<Kind>) -> Option<StateKey<'_>> {
+    match (owner, kind) {
+        (ROption::RSome(o), Some(kind)) => Some(StateKey {
+            scope: o.scope.to_scope_of(kind),
             key: o.key.as_str(),
         }),
-        ROption::RNone => None,
+        _ => None,
     }
 }
 
@@ -514,9 +529,9 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         value: RStr<'_>,
     ) -> RResult<ROption<RString>, AbiError> {
         guarded("serialize", || {
-            scope.check()?;
+            let kind = scope.kind()?;
             let at = StateKey {
-                scope: scope.to_known_scope(),
+                scope: scope.to_scope_of(kind),
                 key: key.as_str(),
             };
             Ok(
@@ -538,9 +553,9 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         owner_: ROption<AbiOwner<'_>>,
     ) -> RResult<RString, AbiError> {
         guarded("deserialize", || {
-            check_owner(&owner_)?;
+            let kind = owner_kind(&owner_)?;
             self.0
-                .deserialize(reference.as_str(), checked_owner(owner_))
+                .deserialize(reference.as_str(), owner_of(owner_, kind))
                 .map(RString::from)
         })
     }
@@ -551,9 +566,9 @@ impl<B: StateBackend> AbiBackend for Exported<B> {
         owner_: ROption<AbiOwner<'_>>,
     ) -> RResult<bool, AbiError> {
         guarded("delete_object", || {
-            check_owner(&owner_)?;
+            let kind = owner_kind(&owner_)?;
             self.0
-                .delete_object(reference.as_str(), checked_owner(owner_))
+                .delete_object(reference.as_str(), owner_of(owner_, kind))
         })
     }
 
@@ -729,8 +744,18 @@ mod tests {
     use super::*;
     use crate::{AssetScope, TaskScope};
 
-    /// Answers with what it was given, spelled out.
-    struct Echo;
+    /// Answers with what it was given, spelled out; what the calls that
+    /// answer nothing were given is kept in `last`.
+    #[derive(Default)]
+    struct Echo {
+        last: std::sync::Mutex<String>,
+    }
+
+    impl Echo {
+        fn keep(&self, what: String) {
+            *self.last.lock().unwrap() = what;
+        }
+    }
 
     impl StateBackend for Echo {
         fn serialize(
@@ -753,12 +778,15 @@ mod tests {
             _reference: &str,
             owner: Option<StateKey<'_>>,
         ) -> Result<bool, BackendError> {
+            self.keep(format!("{owner:?}"));
             Ok(owner.is_some())
         }
-        fn delete(&self, _at: StateKey<'_>) -> Result<(), BackendError> {
+        fn delete(&self, at: StateKey<'_>) -> Result<(), BackendError> {
+            self.keep(format!("{at:?}"));
             Ok(())
         }
-        fn clear(&self, _scope: ScopeRef<'_>, _all_map_indices: bool) -> Result<(), BackendError> {
+        fn clear(&self, scope: ScopeRef<'_>, _all_map_indices: bool) -> Result<(), BackendError> {
+            self.keep(format!("{scope:?}"));
             Ok(())
         }
     }
@@ -794,7 +822,8 @@ mod tests {
             StateKey::asset(&named, "k2"),
             StateKey::asset(&located, "k3"),
         ];
-        let backend = Exported(Echo);
+        let backend = Exported(Echo::default());
+        let last = || backend.0.last.lock().unwrap().clone();
         let id = AbiWriteId::from(WriteId::from_parts(1, 1));
         for at in keys {
             let read = ok(backend.deserialize("r".into(), ROption::RSome(at.into())));
@@ -802,6 +831,11 @@ mod tests {
             assert!(ok(
                 backend.delete_object("r".into(), ROption::RSome(at.into()))
             ));
+            assert_eq!(last(), format!("{:?}", Some(at)));
+            ok(backend.delete(at.scope.into(), at.key.into()));
+            assert_eq!(last(), format!("{at:?}"));
+            ok(backend.clear(at.scope.into(), false));
+            assert_eq!(last(), format!("{:?}", at.scope));
             let written = ok(backend.serialize(at.scope.into(), at.key.into(), id, "1".into()));
             assert_eq!(written.unwrap().as_str(), format!("{at:?}"));
 
@@ -810,6 +844,8 @@ mod tests {
             unknown_kind(backend.deserialize("r".into(), ROption::RSome(owner)));
             unknown_kind(backend.delete_object("r".into(), ROption::RSome(owner)));
             unknown_kind(backend.serialize(owner.scope, at.key.into(), id, "1".into()));
+            unknown_kind(backend.delete(owner.scope, at.key.into()));
+            unknown_kind(backend.clear(owner.scope, true));
         }
         let none = ok(backend.deserialize("r".into(), ROption::RNone));
         assert_eq!(none.as_str(), "None");

@@ -326,6 +326,42 @@ def test_a_fork_after_a_value_was_replaced_does_not_hang(fs_config):
     assert state.get("child") == 2
 
 
+def test_a_fork_leaves_the_parents_postgresql_sessions_alone(write_config):
+    """The child opens a host of its own and drops the parent's, which must
+    neither talk over nor end the parent's PostgreSQL sessions
+    (STATEHOST_TEST_POSTGRES_URL names a server; .ci/run sets it)."""
+    import os
+    import shutil
+    import subprocess
+
+    url = os.environ.get("STATEHOST_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("STATEHOST_TEST_POSTGRES_URL names a PostgreSQL server (.ci/run sets it)")
+    psql = shutil.which("psql")
+    assert psql, "psql is needed to make the test's schema"
+    schema = f"statehost_pyfork_{os.getpid()}"
+    subprocess.run([psql, url, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"], check=True)
+    try:
+        sep = "&" if "?" in url else "?"
+        config = write_config(f'[database]\nurl = "{url}{sep}options=-csearch_path%3D{schema}"\n')
+        state = StateHost(config).task_state("d", "r", "t")
+        state.set("k", "parent")
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                state.set("child", 1)
+                code = 0 if state.get("child") == 1 and state.get("k") == "parent" else 2
+            finally:
+                os._exit(code)
+        assert _exit_code(pid) == 0
+        # The first read after the child: not a reset connection.
+        assert state.get("k") == "parent"
+        assert state.get("child") == 1
+    finally:
+        subprocess.run([psql, url, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE"], check=True)
+
+
 def test_the_ownership_marker_is_reserved(fs_config):
     host = StateHost(fs_config)
     with pytest.raises(InvalidInputError, match="reserved"):

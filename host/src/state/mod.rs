@@ -114,6 +114,11 @@ impl Drop for Inner {
 
 /// The backend (or none) and the metadata store of a process. Cheap to
 /// clone; every clone and thread shares the same backend and store.
+///
+/// A forked child should open a host of its own: the parent's backend
+/// instance may rely on threads the child does not have. Dropping the
+/// parent's host in the child leaves the parent's threads and database
+/// connections alone.
 #[derive(Clone)]
 pub struct StateHost {
     inner: Arc<Inner>,

@@ -11,7 +11,8 @@
 //! reads it.)
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use postgres::types::ToSql;
@@ -184,9 +185,26 @@ pub struct PostgresStore {
     display: String,
     statement_timeout: Duration,
     pool: Mutex<Vec<Conn>>,
+    /// The process whose connections the pool holds
+    /// ([`crate::process::identity`]). A forked child shares their sockets
+    /// with its parent: talking over one would interleave two sessions'
+    /// messages, and closing one sends the server the parent's goodbye. The
+    /// child leaves them (forgotten, never closed) and pools its own.
+    pool_owner: AtomicU64,
     /// Opened for reading only: no schema is written, and every
     /// transaction is read-only.
     read_only: bool,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Dropped in a forked child that never used it: the connections are
+        // still the parent's (asked of the kernel, to hold in any child).
+        if self.pool_owner.load(Ordering::Acquire) != crate::process::kernel_identity() {
+            let pool = self.pool.get_mut().unwrap_or_else(|p| p.into_inner());
+            std::mem::forget(std::mem::take(pool));
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -362,6 +380,7 @@ impl PostgresStore {
             display,
             statement_timeout,
             pool: Mutex::new(Vec::new()),
+            pool_owner: AtomicU64::new(crate::process::identity()),
             read_only,
         };
         let mut conn = store.connect()?;
@@ -403,15 +422,38 @@ impl PostgresStore {
         })
     }
 
+    /// The pool, once it holds only this process's connections. In a
+    /// forked child, the first call leaves the parent's; `None` if the lock
+    /// is held, which in a child may be for good (by a parent's thread that
+    /// is not here): the call then works without the pool.
+    fn own_pool(&self) -> Option<MutexGuard<'_, Vec<Conn>>> {
+        let me = crate::process::identity();
+        if self.pool_owner.load(Ordering::Acquire) == me {
+            return Some(self.pool.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        let mut pool = match self.pool.try_lock() {
+            Ok(pool) => pool,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        if self.pool_owner.load(Ordering::Acquire) != me {
+            std::mem::forget(std::mem::take(&mut *pool));
+            self.pool_owner.store(me, Ordering::Release);
+        }
+        Some(pool)
+    }
+
     fn give_back(&self, conn: Conn) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < POOL_SIZE && !conn.client.is_closed() {
+        if let Some(mut pool) = self.own_pool()
+            && pool.len() < POOL_SIZE
+            && !conn.client.is_closed()
+        {
             pool.push(conn);
         }
     }
 
     fn take(&self) -> Result<Conn> {
-        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = self.own_pool().and_then(|mut pool| pool.pop());
         match pooled {
             Some(conn) if !conn.client.is_closed() => Ok(conn),
             _ => self.connect(),

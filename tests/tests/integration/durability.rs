@@ -355,3 +355,57 @@ fn clearing_a_scope_with_ten_thousand_keys() {
     assert!(host.rows().unwrap().rows.is_empty());
     assert!(StateBackend::list(&*backend, None).unwrap().is_empty());
 }
+
+/// A forked child that uses its parent's host and drops it, or only drops
+/// it, leaves the parent's PostgreSQL sessions alone: it neither talks over
+/// them (two processes on one socket interleave their messages) nor ends
+/// them (a dropped connection sends the server its goodbye, on the parent's
+/// socket). The parent's next read then works the first time.
+#[test]
+#[ignore = "needs PostgreSQL: set STATEHOST_TEST_POSTGRES_URL and run with --include-ignored"]
+fn a_forked_child_leaves_the_parents_postgresql_sessions_alone() {
+    let schema = PgSchema::create("fork");
+    let store =
+        statehost::store::PostgresStore::open(&schema.url(), Duration::from_secs(30)).unwrap();
+    let host = host_on(Arc::new(store), None, short_grace());
+    let state = host.task_state(scope());
+    state.set("k", &json!("parent")).unwrap();
+    for (round, uses_it) in [(1, true), (2, false)] {
+        // SAFETY: the child runs the host (which opens connections of its
+        // own) or not, then leaves with _exit; the parent waits for it.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            unsafe { libc::alarm(30) };
+            let code = if !uses_it {
+                0
+            } else {
+                match state
+                    .set("child", &json!(round))
+                    .and_then(|()| state.get("child"))
+                {
+                    Ok(Some(v)) if v == json!(round) => 0,
+                    _ => 2,
+                }
+            };
+            drop(state);
+            drop(host);
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status), "the child did not exit: {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child's write did not read back"
+        );
+        assert_eq!(
+            state.get("k").unwrap(),
+            Some(json!("parent")),
+            "round {round}"
+        );
+        assert_eq!(state.get("child").unwrap(), Some(json!(1)), "round {round}");
+    }
+}

@@ -65,12 +65,20 @@ pub(crate) fn identity() -> u64 {
             );
         }
     }
-    kernel_identity()
+    with_kernels_id()
 }
 
 /// [`identity`] with the id asked of the kernel: unequal to its parent's
 /// also in a child made without the C library's `fork`.
 pub(crate) fn kernel_identity() -> u64 {
+    if ME.load(Ordering::Acquire) == 0 {
+        // The fork handler in place first, so that the count is kept.
+        let _ = identity();
+    }
+    with_kernels_id()
+}
+
+fn with_kernels_id() -> u64 {
     (ME.load(Ordering::Acquire) & !ID_BITS) | u64::from(std::process::id())
 }
 

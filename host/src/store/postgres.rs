@@ -186,7 +186,7 @@ pub struct PostgresStore {
     statement_timeout: Duration,
     pool: Mutex<Vec<Conn>>,
     /// The process whose connections the pool holds
-    /// ([`crate::process::identity`]). A forked child shares their sockets
+    /// ([`crate::process::kernel_identity`]). A forked child shares their sockets
     /// with its parent: talking over one would interleave two sessions'
     /// messages, and closing one sends the server the parent's goodbye. The
     /// child leaves them (forgotten, never closed) and pools its own.
@@ -380,7 +380,7 @@ impl PostgresStore {
             display,
             statement_timeout,
             pool: Mutex::new(Vec::new()),
-            pool_owner: AtomicU64::new(crate::process::identity()),
+            pool_owner: AtomicU64::new(crate::process::kernel_identity()),
             read_only,
         };
         let mut conn = store.connect()?;
@@ -427,7 +427,10 @@ impl PostgresStore {
     /// is held, which in a child may be for good (by a parent's thread that
     /// is not here): the call then works without the pool.
     fn own_pool(&self) -> Option<MutexGuard<'_, Vec<Conn>>> {
-        let me = crate::process::identity();
+        // Asked of the kernel, so that a child made without the C library's
+        // `fork` is told apart too: a system call is nothing next to a
+        // statement's round trip.
+        let me = crate::process::kernel_identity();
         if self.pool_owner.load(Ordering::Acquire) == me {
             return Some(self.pool.lock().unwrap_or_else(|p| p.into_inner()));
         }

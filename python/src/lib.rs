@@ -513,8 +513,10 @@ struct HostHandle {
 }
 
 impl HostHandle {
-    /// This process's host.
-    fn host(&self) -> Result<StateHost, Error> {
+    /// This process's host. Taken with the GIL held (`_py`), never inside
+    /// a call that released it: a fork happens with the GIL held, so no
+    /// thread then holds this lock for a child to inherit locked.
+    fn host(&self, _py: Python<'_>) -> Result<StateHost, Error> {
         let mut host = self.host.lock().unwrap_or_else(|p| p.into_inner());
         let pid = std::process::id();
         if host.0 != pid {
@@ -557,9 +559,10 @@ impl HostHandle {
         map_index: i64,
         key: &str,
     ) -> PyResult<Option<String>> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            let value = self.host()?.task_state(scope).get(key)?;
+            let value = host.task_state(scope).get(key)?;
             Ok(value.map(|v| v.to_string()))
         })
         .map_err(|e| to_py(py, e))
@@ -576,11 +579,10 @@ impl HostHandle {
         key: &str,
         value: &str,
     ) -> PyResult<()> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.host()?
-                .task_state(scope)
-                .set(key, &parse_value(value)?)
+            host.task_state(scope).set(key, &parse_value(value)?)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -594,9 +596,10 @@ impl HostHandle {
         map_index: i64,
         key: &str,
     ) -> PyResult<()> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.host()?.task_state(scope).delete(key)
+            host.task_state(scope).delete(key)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -610,9 +613,10 @@ impl HostHandle {
         map_index: i64,
         all_map_indices: bool,
     ) -> PyResult<()> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = task_scope(dag_id, run_id, task_id, map_index)?;
-            self.host()?.task_state(scope).clear(all_map_indices)
+            host.task_state(scope).clear(all_map_indices)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -624,9 +628,10 @@ impl HostHandle {
         uri: Option<&str>,
         key: &str,
     ) -> PyResult<Option<String>> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            let value = self.host()?.asset_state(&scope)?.get(key)?;
+            let value = host.asset_state(&scope)?.get(key)?;
             Ok(value.map(|v| v.to_string()))
         })
         .map_err(|e| to_py(py, e))
@@ -640,11 +645,10 @@ impl HostHandle {
         key: &str,
         value: &str,
     ) -> PyResult<()> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.host()?
-                .asset_state(&scope)?
-                .set(key, &parse_value(value)?)
+            host.asset_state(&scope)?.set(key, &parse_value(value)?)
         })
         .map_err(|e| to_py(py, e))
     }
@@ -656,24 +660,27 @@ impl HostHandle {
         uri: Option<&str>,
         key: &str,
     ) -> PyResult<()> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.host()?.asset_state(&scope)?.delete(key)
+            host.asset_state(&scope)?.delete(key)
         })
         .map_err(|e| to_py(py, e))
     }
 
     fn asset_clear(&self, py: Python<'_>, name: Option<&str>, uri: Option<&str>) -> PyResult<()> {
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
         py.detach(|| {
             let scope = asset_scope(name, uri)?;
-            self.host()?.asset_state(&scope)?.clear()
+            host.asset_state(&scope)?.clear()
         })
         .map_err(|e| to_py(py, e))
     }
 
     /// Garbage collection; the report as JSON text.
     fn gc(&self, py: Python<'_>, dry_run: bool) -> PyResult<String> {
-        py.detach(|| self.host()?.gc(dry_run, |_, _| {}))
+        let host = self.host(py).map_err(|e| to_py(py, e))?;
+        py.detach(|| host.gc(dry_run, |_, _| {}))
             .map(|report| serde_json::to_string(&report).unwrap_or_default())
             .map_err(|e| to_py(py, e))
     }

@@ -118,7 +118,9 @@ impl Drop for Inner {
 /// A forked child should open a host of its own: the parent's backend
 /// instance may rely on threads the child does not have. Dropping the
 /// parent's host in the child leaves the parent's threads and database
-/// connections alone.
+/// connections alone. With a SQLite store, fork only while no other thread
+/// is inside a call: SQLite's own locks are copied as that thread held
+/// them.
 #[derive(Clone)]
 pub struct StateHost {
     inner: Arc<Inner>,

@@ -92,7 +92,7 @@ mod error;
 pub mod files;
 pub mod ownership;
 pub mod plugin;
-mod process;
+pub mod process;
 pub mod secrets;
 pub mod state;
 pub mod store;

@@ -82,6 +82,53 @@ fn with_kernels_id() -> u64 {
     (ME.load(Ordering::Acquire) & !ID_BITS) | u64::from(std::process::id())
 }
 
+/// A value dropped only in the process that made it. A forked child holds
+/// a copy of its parent's memory: dropping a host there would close the
+/// parent's connections (a PostgreSQL client says goodbye on the socket
+/// both share) or wait for locks that the parent's threads held at the
+/// fork and that no thread of the child will release (the call pool's
+/// channel, SQLite's own). In any other process the value is left as it
+/// is, a leak of one copy per fork.
+pub struct ProcessOwned<T> {
+    value: std::mem::ManuallyDrop<T>,
+    /// The identity, as the kernel knows it, of the process that made it.
+    owner: u64,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for ProcessOwned<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (*self.value).fmt(f)
+    }
+}
+
+impl<T> ProcessOwned<T> {
+    /// `value`, owned by this process.
+    pub fn new(value: T) -> Self {
+        ProcessOwned {
+            value: std::mem::ManuallyDrop::new(value),
+            owner: kernel_identity(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for ProcessOwned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Drop for ProcessOwned<T> {
+    fn drop(&mut self) {
+        // Asked of the kernel: this must hold in any child, however made.
+        if self.owner == kernel_identity() {
+            // SAFETY: dropped once, here, and never used after.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.value) };
+        }
+    }
+}
+
 /// Waits for the child `child` of this process and answers its exit code;
 /// fails the test if it did not exit (a signal, such as the timer of a
 /// child that hung, ended it).
@@ -99,7 +146,36 @@ pub(crate) fn exit_code(child: libc::pid_t) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{exit_code, id, identity, kernel_identity};
+    use super::{ProcessOwned, exit_code, id, identity, kernel_identity};
+
+    /// Counts its drops in this process's memory.
+    struct Counted;
+
+    static DROPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DROPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_process_owned_value_is_dropped_only_where_it_was_made() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = DROPS.load(SeqCst);
+        let kept = ProcessOwned::new(Counted);
+        // SAFETY: the child drops the value, reads an atomic and exits.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            drop(kept);
+            let code = if DROPS.load(SeqCst) == before { 0 } else { 1 };
+            unsafe { libc::_exit(code) };
+        }
+        assert_eq!(exit_code(child), 0, "the child dropped its parent's value");
+        drop(kept);
+        assert_eq!(DROPS.load(SeqCst), before + 1, "the parent did not drop it");
+    }
 
     #[test]
     fn the_id_is_the_kernels_in_this_process_and_in_a_forked_child() {

@@ -20,6 +20,7 @@ use statehost::api::{AssetScope, ErrorKind, Scope, TaskScope};
 use statehost::bridge::{Bridge, JsonText, Stored};
 use statehost::config::Config;
 use statehost::ownership::Owner;
+use statehost::process::ProcessOwned;
 use statehost::{Error, StateHost};
 
 /// The Python exception class for a host error.
@@ -296,7 +297,9 @@ fn parse_value(text: &str) -> Result<serde_json::Value, Error> {
 /// (Apache Airflow). Claims the plugin's storage for Airflow.
 #[pyclass(frozen, module = "statehost._native")]
 struct BridgeHandle {
-    bridge: Bridge,
+    /// Left alone when a forked child drops it (the Python side opens a
+    /// handle of its own there and lets go of the parent's).
+    bridge: ProcessOwned<Bridge>,
 }
 
 impl BridgeHandle {
@@ -339,7 +342,9 @@ impl BridgeHandle {
             let config = load_config(config.as_deref(), &plugins_dir)?;
             Bridge::open(&config, Owner::Airflow)
         })
-        .map(|bridge| BridgeHandle { bridge })
+        .map(|bridge| BridgeHandle {
+            bridge: ProcessOwned::new(bridge),
+        })
         .map_err(|e| to_py(py, e))
     }
 
@@ -508,7 +513,9 @@ fn reference_or_text(stored: Stored, text: &str) -> String {
 struct HostHandle {
     config: statehost::config::Config,
     /// The host, and the process that opened it: a forked child opens its
-    /// own (the parent's backend may need threads a fork does not copy).
+    /// own (the parent's backend may need threads a fork does not copy),
+    /// and the parent's, replaced there, is left as it is (a `StateHost`
+    /// is only ever dropped in the process that opened it).
     host: std::sync::Mutex<(u32, StateHost)>,
 }
 

@@ -282,9 +282,23 @@ def _exit_code(pid: int, seconds: float = 30) -> int:
         time.sleep(0.05)
 
 
-def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
+def _write_in_a_forked_child(state, parents_k) -> None:
+    """Forks; the child writes "child" = 1 and reads it and the parent's "k"
+    back; fails the test unless it did."""
     import os
 
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            state.set("child", 1)
+            code = 0 if state.get("child") == 1 and state.get("k") == parents_k else 2
+        finally:
+            os._exit(code)
+    assert _exit_code(pid) == 0
+
+
+def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
     (tmp_path / "bucket").mkdir()
     config = write_config(
         '[workers]\nstate_backend = "object_store"\nstate_backend_timeout_ms = 3000\n'
@@ -292,15 +306,7 @@ def test_a_fork_after_load_opens_the_host_again(write_config, tmp_path):
     )
     state = StateHost(config).task_state("d", "r", "t")
     state.set("k", "parent")
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            state.set("child", 1)
-            code = 0 if state.get("child") == 1 and state.get("k") == "parent" else 2
-        finally:
-            os._exit(code)
-    assert _exit_code(pid) == 0
+    _write_in_a_forked_child(state, "parent")
     assert state.get("child") == 1
 
 
@@ -346,15 +352,7 @@ def test_a_fork_leaves_the_parents_postgresql_sessions_alone(write_config):
         config = write_config(f'[database]\nurl = "{url}{sep}options=-csearch_path%3D{schema}"\n')
         state = StateHost(config).task_state("d", "r", "t")
         state.set("k", "parent")
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                state.set("child", 1)
-                code = 0 if state.get("child") == 1 and state.get("k") == "parent" else 2
-            finally:
-                os._exit(code)
-        assert _exit_code(pid) == 0
+        _write_in_a_forked_child(state, "parent")
         # The first read after the child: not a reset connection.
         assert state.get("k") == "parent"
         assert state.get("child") == 1

@@ -123,7 +123,7 @@ impl Drop for Inner {
 /// them.
 #[derive(Clone)]
 pub struct StateHost {
-    inner: Arc<Inner>,
+    inner: Arc<crate::process::ProcessOwned<Inner>>,
 }
 
 impl std::fmt::Debug for StateHost {
@@ -292,14 +292,14 @@ impl Builder {
             )
         });
         StateHost {
-            inner: Arc::new(Inner {
+            inner: Arc::new(crate::process::ProcessOwned::new(Inner {
                 backend: calls,
                 reaper,
                 legacy,
                 store: self.store,
                 settings: self.settings,
                 clock: self.clock,
-            }),
+            })),
         }
     }
 }

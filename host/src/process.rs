@@ -88,11 +88,13 @@ fn with_kernels_id() -> u64 {
 /// both share) or wait for locks that the parent's threads held at the
 /// fork and that no thread of the child will release (the call pool's
 /// channel, SQLite's own). In any other process the value is left as it
-/// is, a leak of one copy per fork.
+/// is, a leak of one copy per fork, after `leave` (see
+/// [`with_leave`](ProcessOwned::with_leave)).
 pub struct ProcessOwned<T> {
     value: std::mem::ManuallyDrop<T>,
     /// The identity, as the kernel knows it, of the process that made it.
     owner: u64,
+    leave: fn(&T),
 }
 
 impl<T: std::fmt::Debug> std::fmt::Debug for ProcessOwned<T> {
@@ -104,9 +106,17 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ProcessOwned<T> {
 impl<T> ProcessOwned<T> {
     /// `value`, owned by this process.
     pub fn new(value: T) -> Self {
+        Self::with_leave(value, |_| {})
+    }
+
+    /// `value`, owned by this process; where it is left instead of dropped,
+    /// `leave` runs on it first (what the child itself started, it may
+    /// still have to finish).
+    pub fn with_leave(value: T, leave: fn(&T)) -> Self {
         ProcessOwned {
             value: std::mem::ManuallyDrop::new(value),
             owner: kernel_identity(),
+            leave,
         }
     }
 }
@@ -125,6 +135,8 @@ impl<T> Drop for ProcessOwned<T> {
         if self.owner == kernel_identity() {
             // SAFETY: dropped once, here, and never used after.
             unsafe { std::mem::ManuallyDrop::drop(&mut self.value) };
+        } else {
+            (self.leave)(&self.value);
         }
     }
 }

@@ -292,14 +292,24 @@ impl Builder {
             )
         });
         StateHost {
-            inner: Arc::new(crate::process::ProcessOwned::new(Inner {
-                backend: calls,
-                reaper,
-                legacy,
-                store: self.store,
-                settings: self.settings,
-                clock: self.clock,
-            })),
+            inner: Arc::new(crate::process::ProcessOwned::with_leave(
+                Inner {
+                    backend: calls,
+                    reaper,
+                    legacy,
+                    store: self.store,
+                    settings: self.settings,
+                    clock: self.clock,
+                },
+                // Left in a forked child that used it: what the child's
+                // own writes replaced goes now (a no-op unless the child
+                // started the reaper's thread).
+                |inner| {
+                    if let Some(reaper) = &inner.reaper {
+                        reaper.flush();
+                    }
+                },
+            )),
         }
     }
 }

@@ -357,3 +357,40 @@ fn gc_makes_commits_durable_before_it_deletes_an_orphan() {
         "no sync between reading the rows and deleting: {log:?}"
     );
 }
+
+/// A child that uses a host its parent opened, and drops it, still deletes
+/// what its own writes replaced: the parent's insides are left as they are
+/// there, but the child's own reaper is flushed.
+#[test]
+fn a_child_that_used_its_parents_host_flushes_its_own_reaper_on_drop() {
+    let memory = Arc::new(MemoryBackend::new());
+    let backend: Arc<dyn Backend> = Arc::new(InProcess::new(memory.clone(), Capabilities::LIST));
+    let host = StateHost::builder(Arc::new(MemoryStore::new()))
+        .backend("memory", backend)
+        .limits(limits(60_000, 8))
+        .build();
+    // SAFETY: the child writes through the host, drops it, reads the
+    // backend's objects and leaves with _exit; the parent waits for it.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        unsafe { libc::alarm(30) };
+        let state = host.task_state(scope());
+        let wrote = state
+            .set("k", &json!(1))
+            .and_then(|()| state.set("k", &json!(2)));
+        drop(state);
+        drop(host);
+        let code = match (wrote, memory.list(None)) {
+            (Ok(()), Ok(objects)) if objects.len() == 1 => 0,
+            (Ok(()), Ok(_)) => 2,
+            _ => 3,
+        };
+        unsafe { libc::_exit(code) };
+    }
+    assert_eq!(
+        crate::process::exit_code(child),
+        0,
+        "2: the replaced object was not deleted when the child dropped the host"
+    );
+}

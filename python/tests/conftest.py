@@ -83,6 +83,20 @@ def write_config(tmp_path):
 
 
 @pytest.fixture
+def postgres():
+    """The PostgreSQL server's URL and the psql that makes schemas on it;
+    skips the test without STATEHOST_TEST_POSTGRES_URL (.ci/run sets it)."""
+    import shutil
+
+    url = os.environ.get("STATEHOST_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("STATEHOST_TEST_POSTGRES_URL names a PostgreSQL server (.ci/run sets it)")
+    psql = shutil.which("psql")
+    assert psql, "psql is needed to make schemas on the test server"
+    return url, psql
+
+
+@pytest.fixture
 def fs_config(write_config, tmp_path):
     return write_config(
         '[workers]\nstate_backend = "fs"\n[backends.fs]\nroot = "objects"\n'

@@ -332,19 +332,14 @@ def test_a_fork_after_a_value_was_replaced_does_not_hang(fs_config):
     assert state.get("child") == 2
 
 
-def test_a_fork_leaves_the_parents_postgresql_sessions_alone(write_config):
+def test_a_fork_leaves_the_parents_postgresql_sessions_alone(write_config, postgres):
     """The child opens a host of its own and drops the parent's, which must
     neither talk over nor end the parent's PostgreSQL sessions
     (STATEHOST_TEST_POSTGRES_URL names a server; .ci/run sets it)."""
     import os
-    import shutil
     import subprocess
 
-    url = os.environ.get("STATEHOST_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("STATEHOST_TEST_POSTGRES_URL names a PostgreSQL server (.ci/run sets it)")
-    psql = shutil.which("psql")
-    assert psql, "psql is needed to make the test's schema"
+    url, psql = postgres
     schema = f"statehost_pyfork_{os.getpid()}"
     subprocess.run([psql, url, "-qc", f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"], check=True)
     try:

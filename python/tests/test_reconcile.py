@@ -140,16 +140,10 @@ def test_a_bad_airflow_url_is_one_line(airflow, fs_config):
         statehost.airflow.gc("sqlite:////nowhere/airflow.db", config=fs_config)
 
 
-def test_airflows_postgresql_rows_are_read(airflow, short_grace_config, tmp_path):
+def test_airflows_postgresql_rows_are_read(airflow, short_grace_config, tmp_path, postgres):
     """The same against PostgreSQL (STATEHOST_TEST_POSTGRES_URL names a server;
     .ci/run sets it): Airflow's tables in a schema of the test's own."""
-    import shutil
-
-    url = os.environ.get("STATEHOST_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("STATEHOST_TEST_POSTGRES_URL names a PostgreSQL server (.ci/run sets it)")
-    psql = shutil.which("psql")
-    assert psql, "psql is needed to make Airflow's tables"
+    url, psql = postgres
     schema = f"airflow_gc_{os.getpid()}"
 
     af = airflow(short_grace_config)
